@@ -1,0 +1,81 @@
+"""Deliveries, handler types, idempotency records and projections (shared by live and rebuild)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from .envelope import Envelope
+from .pg import Conn
+from .schemas import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One decoded stream entry handed to a handler."""
+
+    stream: str
+    entry_id: str
+    envelope: Envelope
+    event: Event
+    deliveries: int = 1
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
+ApplyBatch = Callable[[Conn, list[Delivery]], Awaitable[None]]
+
+
+async def claim_event(conn: Conn, consumer: str, event_id: str) -> bool:
+    """Record that ``consumer`` handled ``event_id``; False if it already had (skip the effect).
+
+    Call inside the transaction that applies the effect, so both commit or neither does.
+    """
+    row = await conn.fetchval(
+        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2::uuid) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        consumer,
+        event_id,
+    )
+    return row is not None
+
+
+async def claim_events(conn: Conn, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Batch form of :func:`claim_event`: the subset of ids not processed before."""
+    if not event_ids:
+        return set()
+    rows = await conn.fetch(
+        "INSERT INTO processed_events (consumer, event_id) "
+        "SELECT $1, id FROM unnest($2::uuid[]) AS t(id) "
+        "ON CONFLICT DO NOTHING RETURNING event_id::text",
+        consumer,
+        list(event_ids),
+    )
+    return {r[0] for r in rows}
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A read model fed from streams; the same ``apply`` serves the live consumer and rebuilds."""
+
+    name: str
+    consumer: str
+    streams: tuple[str, ...]
+    tables: tuple[str, ...]
+    types: frozenset[str]
+    apply: ApplyBatch
+
+
+def projection_handler(pool: asyncpg.Pool, projection: Projection) -> BatchHandler:
+    """A batch handler applying each new event once: effect and processed_events in one tx."""
+
+    async def handle(batch: list[Delivery]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            fresh = await claim_events(conn, projection.consumer, [d.envelope.id for d in batch])
+            todo = [d for d in batch if d.envelope.id in fresh]
+            if todo:
+                await projection.apply(conn, todo)
+
+    return handle

@@ -1,0 +1,25 @@
+"""Facts published by the telemetry service on ``telemetry:*`` streams."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from .base import Event
+
+MetricValue = float | int | str | bool | None
+
+
+class HeartbeatReceived(Event, frozen=True, tag="telemetry.heartbeat.v1"):
+    """A device said it is alive, with its latest metrics."""
+
+    device_id: str
+    workspace_id: str
+    received_at: datetime
+    status: str = "online"
+    seq: int | None = None
+    sent_at: datetime | None = None
+    metrics: dict[str, MetricValue] = {}
+    backfill: bool = False
+
+
+EVENTS: tuple[type[Event], ...] = (HeartbeatReceived,)

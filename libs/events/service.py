@@ -1,0 +1,297 @@
+"""The shape every service runs in: settings, pools, migrations, health, the worker, the CLI.
+
+A service describes itself with a :class:`ServiceSpec` (its composition root builds one) and
+:func:`main` runs it as ``python -m services.<name> api|worker|migrate|rebuild``. The launcher
+composes several hosts in one process; containers run one command per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
+
+from . import migrate as migrations
+from .consumer import ConsumerRunner, Subscription
+from .outbox import OutboxRelay
+from .projection import Projection
+from .replay import rebuild
+from .retention import RetentionPolicy, run_retention
+from .settings import ServiceSettings, SettingsError, consumer_name, load_settings
+from .tracing import configure_tracing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service is: its name (= Postgres schema and env prefix), routes and subscriptions."""
+
+    name: str
+    settings_cls: type[ServiceSettings]
+    migrations_dir: Path | None = None
+    routers: Callable[[ServiceHost], Sequence[APIRouter]] = lambda host: ()
+    subscriptions: Callable[[ServiceHost], Sequence[Subscription]] = lambda host: ()
+    projections: Callable[[ServiceHost], dict[str, Projection]] = lambda host: {}
+    relay: bool = False
+    retention: RetentionPolicy | None = None
+
+    @property
+    def schema(self) -> str:
+        """The Postgres schema this service owns."""
+        return self.name
+
+    def load(self, environ: dict[str, str] | None = None) -> ServiceSettings:
+        """Settings from ``<NAME>_*`` variables."""
+        return load_settings(self.settings_cls, self.name, environ)
+
+
+@dataclass
+class ServiceHost:
+    """One running service: its settings and shared connections, its app and its worker."""
+
+    spec: ServiceSpec
+    settings: ServiceSettings
+    redis: aioredis.Redis | None = None
+    pool: asyncpg.Pool | None = None
+    runners: list[ConsumerRunner] = field(default_factory=list)
+    relay: OutboxRelay | None = None
+
+    def stream(self, name: str) -> str:
+        """A stream key with this deployment's prefix (``events:device`` -> ``<prefix>events:device``)."""
+        return f"{self.settings.stream_prefix}{name}"
+
+    @property
+    def consumer(self) -> str:
+        """This process's consumer name."""
+        return consumer_name(self.spec.name, self.settings.consumer_name)
+
+    async def start(self, *, run_migrations: bool = True) -> None:
+        """Open Redis and Postgres and bring the schema up to date."""
+        s = self.settings
+        self.redis = aioredis.Redis.from_url(s.redis_url, decode_responses=False)
+        self.pool = await asyncpg.create_pool(
+            s.database_url,
+            min_size=1,
+            max_size=10,
+            server_settings={"search_path": self.spec.schema, "application_name": self.spec.name},
+            init=None,
+        )
+        if run_migrations:
+            async with self.pool.acquire() as conn:
+                applied = await migrations.migrate(conn, self.spec.schema, self.spec.migrations_dir)
+            if applied:
+                log.info("%s: applied migrations %s", self.spec.name, ", ".join(applied))
+
+    async def stop(self) -> None:
+        """Close connections."""
+        if self.pool is not None:
+            await self.pool.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def readiness(self) -> dict[str, str]:
+        """Each dependency's state: ``ok`` or a short reason (never a URL or secret)."""
+        checks: dict[str, str] = {}
+        try:
+            assert self.redis is not None
+            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+        try:
+            assert self.pool is not None
+            async with asyncio.timeout(2.0), self.pool.acquire() as conn:
+                todo = await migrations.pending(conn, self.spec.schema, self.spec.migrations_dir)
+            checks["postgres"] = "ok"
+            checks["migrations"] = "ok" if not todo else f"pending: {', '.join(todo)}"
+        except Exception as exc:
+            checks["postgres"] = f"unreachable ({type(exc).__name__})"
+            checks["migrations"] = "unknown"
+        return checks
+
+    def build_app(self, *, manage_lifespan: bool = True) -> FastAPI:
+        """The service's FastAPI app; the launcher manages the lifespan itself when composing."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = FastAPI(
+            title=f"fleet {self.spec.name}",
+            lifespan=lifespan if manage_lifespan else None,
+            docs_url=None,
+            redoc_url=None,
+        )
+        app.include_router(health_router(self))
+        for router in self.spec.routers(self):
+            app.include_router(router)
+        return app
+
+    async def run_worker(self, stop: asyncio.Event) -> None:
+        """Run the relay, the consumer runners and retention until ``stop`` is set."""
+        assert self.redis is not None and self.pool is not None
+        s = self.settings
+        tasks = []
+        if self.spec.relay:
+            self.relay = OutboxRelay(
+                self.pool, self.redis, schema=self.spec.schema, poll_interval_s=s.relay_poll_s
+            )
+            tasks.append(asyncio.create_task(self.relay.run(stop), name=f"{self.spec.name}-relay"))
+        for sub in self.spec.subscriptions(self):
+            runner = ConsumerRunner(
+                self.redis,
+                sub,
+                consumer=self.consumer,
+                prefix=s.stream_prefix,
+                claim_idle_ms=s.claim_idle_ms,
+                max_deliveries=s.max_deliveries,
+            )
+            self.runners.append(runner)
+            tasks.append(asyncio.create_task(runner.run(), name=f"{sub.stream}/{sub.group}"))
+        if self.spec.retention is not None:
+            policy = RetentionPolicy(
+                prefix=s.stream_prefix,
+                events_max_age_s=self.spec.retention.events_max_age_s,
+                interval_s=self.spec.retention.interval_s,
+            )
+            tasks.append(asyncio.create_task(run_retention(self.redis, policy, stop)))
+        await stop.wait()
+        for runner in self.runners:
+            runner.stop()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def health_router(host: ServiceHost) -> APIRouter:
+    """``GET /healthz`` (the process is alive) and ``GET /readyz`` (dependencies usable)."""
+    router = APIRouter()
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": host.spec.name}
+
+    @router.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        checks = await host.readiness()
+        ready = all(v == "ok" for v in checks.values())
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "service": host.spec.name,
+            "checks": checks,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return router
+
+
+def configure_logging(level: str) -> None:
+    """Plain one-line logs on stderr."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve_worker(host: ServiceHost) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await host.start()
+    try:
+        log.info("%s worker started as %s", host.spec.name, host.consumer)
+        await host.run_worker(stop)
+    finally:
+        await host.stop()
+
+
+async def _rebuild(host: ServiceHost, name: str) -> int:
+    await host.start()
+    try:
+        projections = host.spec.projections(host)
+        if name not in projections:
+            known = ", ".join(sorted(projections)) or "none"
+            raise SettingsError(f"{host.spec.name} has no projection {name!r} (known: {known})")
+        assert host.pool is not None and host.redis is not None
+        started = time.monotonic()
+        n = await rebuild(host.pool, host.redis, projections[name], progress=progress_printer(name))
+        sys.stderr.write("\n")
+        print(f"rebuilt {name}: {n} events applied in {time.monotonic() - started:.1f}s")
+        return n
+    finally:
+        await host.stop()
+
+
+def progress_printer(label: str) -> Callable[[int, int], None]:
+    """A one-line progress bar on stderr."""
+    started = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        width = 30
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * width)
+        rate = done / max(time.monotonic() - started, 1e-6)
+        sys.stderr.write(f"\r{label} [{bar:<{width}}] {done}/{total} ({rate:,.0f} events/s)")
+        sys.stderr.flush()
+
+    return show
+
+
+def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
+    """``python -m services.<name> api|worker|migrate|rebuild PROJECTION``."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{spec.name}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("api", help="serve the HTTP API")
+    sub.add_parser("worker", help="run the outbox relay and the stream consumers")
+    sub.add_parser("migrate", help="apply pending migrations and exit")
+    rb = sub.add_parser("rebuild", help="truncate a projection and replay the log into it")
+    rb.add_argument("projection")
+    args = parser.parse_args(argv)
+    try:
+        settings = spec.load()
+    except SettingsError as exc:
+        print(f"{spec.name}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    configure_tracing(spec.name, settings.otel_exporter)
+    host = ServiceHost(spec, settings)
+    if args.command == "api":
+        import uvicorn
+
+        uvicorn.run(host.build_app(), host=settings.host, port=settings.port, log_level="info")
+        return 0
+    if args.command == "worker":
+        asyncio.run(_serve_worker(host))
+        return 0
+    if args.command == "migrate":
+        asyncio.run(_migrate_only(host))
+        return 0
+    try:
+        asyncio.run(_rebuild(host, args.projection))
+    except SettingsError as exc:
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _migrate_only(host: ServiceHost) -> None:
+    await host.start(run_migrations=True)
+    await host.stop()

@@ -1,0 +1,78 @@
+"""Stream and consumer-group statistics: length, lag, pending (for metrics and ``fleet streams``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One consumer group's position on a stream."""
+
+    stream: str
+    group: str
+    consumers: int
+    pending: int
+    lag: int | None
+    last_delivered_id: str
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """A stream's length and its groups."""
+
+    stream: str
+    length: int
+    first_id: str | None
+    last_id: str | None
+    groups: list[GroupStats]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def group_stats(redis: aioredis.Redis, stream: str) -> list[GroupStats]:
+    """XINFO GROUPS as typed records; empty when the stream does not exist."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return []
+    out = []
+    for g in groups:
+        lag = g.get("lag")
+        out.append(
+            GroupStats(
+                stream=stream,
+                group=_s(g["name"]),
+                consumers=int(g["consumers"]),
+                pending=int(g["pending"]),
+                lag=None if lag is None else int(lag),
+                last_delivered_id=_s(g["last-delivered-id"]),
+            )
+        )
+    return out
+
+
+async def stream_stats(redis: aioredis.Redis, stream: str) -> StreamStats:
+    """Length, first/last ids and groups of one stream."""
+    length = int(await redis.xlen(stream))
+    first = await redis.xrange(stream, count=1)
+    last = await redis.xrevrange(stream, count=1)
+    return StreamStats(
+        stream=stream,
+        length=length,
+        first_id=_s(first[0][0]) if first else None,
+        last_id=_s(last[0][0]) if last else None,
+        groups=await group_stats(redis, stream),
+    )
+
+
+async def list_streams(redis: aioredis.Redis, prefix: str = "") -> list[str]:
+    """Every stream key under a prefix (SCAN with TYPE, so it never blocks Redis)."""
+    names = [_s(k) async for k in redis.scan_iter(match=f"{prefix}*", _type="stream", count=500)]
+    return sorted(names)

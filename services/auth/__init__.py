@@ -1,0 +1,1 @@
+"""The auth service: Operators, workspaces, device credentials and sessions."""

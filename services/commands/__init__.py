@@ -1,0 +1,1 @@
+"""The commands service: The durable command queue and each command's lifecycle."""

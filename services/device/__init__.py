@@ -1,0 +1,1 @@
+"""The device service: The device registry and presence (online / late / offline)."""

@@ -1,0 +1,11 @@
+"""Settings of the device service, from ``DEVICE_*`` environment variables."""
+
+from __future__ import annotations
+
+from libs.events.settings import ServiceSettings
+
+
+class Settings(ServiceSettings, kw_only=True, frozen=True):
+    """Device settings; shared ones (``REDIS_URL``, ``DATABASE_URL``...) may come unprefixed."""
+
+    port: int = 8004

@@ -1,0 +1,1 @@
+"""The gateway service: Agent and portal WebSockets and the web portal."""

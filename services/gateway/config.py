@@ -1,0 +1,11 @@
+"""Settings of the gateway service, from ``GATEWAY_*`` environment variables."""
+
+from __future__ import annotations
+
+from libs.events.settings import ServiceSettings
+
+
+class Settings(ServiceSettings, kw_only=True, frozen=True):
+    """Gateway settings; shared ones (``REDIS_URL``, ``DATABASE_URL``...) may come unprefixed."""
+
+    port: int = 8000

@@ -1,0 +1,16 @@
+"""Composition root of the gateway service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from libs.events.service import ServiceSpec
+
+from .config import Settings
+
+SPEC = ServiceSpec(
+    name="gateway",
+    settings_cls=Settings,
+    migrations_dir=Path(__file__).with_name("migrations"),
+    relay=False,
+)

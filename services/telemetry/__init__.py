@@ -1,0 +1,1 @@
+"""The telemetry service: Heartbeat and metrics ingestion, time series, latest-metrics cache."""
