@@ -115,6 +115,5 @@ def decode_event(envelope: Envelope, registry: Registry) -> Event:
 
 def to_jsonable(envelope: Envelope) -> dict[str, Any]:
     """The envelope with its data decoded as plain JSON (for replay output and debugging)."""
-    out: dict[str, Any] = msgspec.to_builtins(envelope)
-    out["data"] = msgspec.json.decode(envelope.data)
+    out: dict[str, Any] = msgspec.json.decode(_encoder.encode(envelope))
     return out

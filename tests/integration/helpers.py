@@ -1,0 +1,41 @@
+"""Helpers for the backbone integration tests: run a runner until a condition holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from libs.events.consumer import ConsumerRunner
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it is true, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class Running:
+    """Context manager running a ConsumerRunner in the background and stopping it gracefully."""
+
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ConsumerRunner:
+        self.task = asyncio.create_task(self.runner.run())
+        await asyncio.wait_for(self.runner.ready.wait(), 5)
+        return self.runner
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.runner.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 5)
