@@ -31,7 +31,7 @@ from .envelope import UndecodableEntry, UnknownEventType, decode_entry, decode_e
 from .projection import BatchHandler, Delivery, Handler
 from .publisher import dlq_stream
 from .schemas import REGISTRY, Registry
-from .stats import group_stats
+from .stats import RunnerStats, group_stats, track
 from .tracing import extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,6 @@ class Subscription:
         if self.batch is not None:
             return event_type in self.batch_types
         return event_type in self.handlers
-
-
-@dataclass
-class RunnerStats:
-    """Counters and the group's lag, refreshed while the runner runs."""
-
-    handled: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    skipped: int = 0
-    lag: int | None = None
-    pending: int = 0
 
 
 class ConsumerRunner:
@@ -102,7 +90,8 @@ class ConsumerRunner:
         )
         self.max_deliveries = max_deliveries
         self.stats_interval_s = stats_interval_s
-        self.stats = RunnerStats()
+        self.stats = RunnerStats(subscription.stream, subscription.group, consumer)
+        track(self.stats)
         self.ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._errors: dict[str, str] = {}
@@ -133,19 +122,20 @@ class ConsumerRunner:
     async def _run_once(self) -> None:
         await self.ensure_group()
         self.ready.set()
-        await self._drain_own_pending()
-        next_claim = next_stats = 0.0
-        while not self._stopping.is_set():
-            now = time.monotonic()
-            if now >= next_claim:
-                await self.claim_stale()
-                next_claim = now + self.claim_interval_s
-            if now >= next_stats:
-                await self._refresh_stats()
-                next_stats = now + self.stats_interval_s
-            entries = await self._read(">")
-            if entries:
-                await self._process(entries, dict.fromkeys((e[0] for e in entries), 1))
+        # Lag is refreshed beside the work, so a stuck handler still shows a growing lag.
+        stats = asyncio.create_task(self._stats_loop())
+        try:
+            await self._drain_own_pending()
+            next_claim = 0.0
+            while not self._stopping.is_set():
+                if time.monotonic() >= next_claim:
+                    await self.claim_stale()
+                    next_claim = time.monotonic() + self.claim_interval_s
+                entries = await self._read(">")
+                if entries:
+                    await self._process(entries, dict.fromkeys((e[0] for e in entries), 1))
+        finally:
+            stats.cancel()
 
     async def ensure_group(self) -> None:
         """Create the group at the stream's start (``0``) so no entry is missed; idempotent."""
@@ -352,10 +342,15 @@ class ConsumerRunner:
         self._errors.pop(entry_id, None)
         log.error("dead-lettered %s %s to %s: %s", self.sub.stream, entry_id, self.dlq, error)
 
-    async def _refresh_stats(self) -> None:
-        for g in await group_stats(self._redis, self.sub.stream):
-            if g.group == self.sub.group:
-                self.stats.lag, self.stats.pending = g.lag, g.pending
+    async def _stats_loop(self) -> None:
+        while True:
+            try:
+                for g in await group_stats(self._redis, self.sub.stream):
+                    if g.group == self.sub.group:
+                        self.stats.lag, self.stats.pending = g.lag, g.pending
+            except RedisError as exc:
+                log.debug("lag refresh failed: %s", exc)
+            await asyncio.sleep(self.stats_interval_s)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from opentelemetry import metrics
 from redis.exceptions import ResponseError
 
 
@@ -76,3 +79,59 @@ async def list_streams(redis: aioredis.Redis, prefix: str = "") -> list[str]:
     """Every stream key under a prefix (SCAN with TYPE, so it never blocks Redis)."""
     names = [_s(k) async for k in redis.scan_iter(match=f"{prefix}*", _type="stream", count=500)]
     return sorted(names)
+
+
+@dataclass(eq=False)
+class RunnerStats:
+    """A consumer runner's counters and its group's lag, refreshed while it runs."""
+
+    stream: str
+    group: str
+    consumer: str
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    lag: int | None = None
+    pending: int = 0
+
+
+_live: weakref.WeakSet[RunnerStats] = weakref.WeakSet()
+_instruments: list[Any] = []
+
+
+def track(stats: RunnerStats) -> None:
+    """Export a runner's lag and pending count as OpenTelemetry gauges while it lives."""
+    _live.add(stats)
+    if _instruments:
+        return
+    meter = metrics.get_meter("fleet.events")
+    _instruments.append(
+        meter.create_observable_gauge(
+            "fleet.consumer.lag", callbacks=[_observe("lag")], description="entries not yet read by the group"
+        )
+    )
+    _instruments.append(
+        meter.create_observable_gauge(
+            "fleet.consumer.pending", callbacks=[_observe("pending")], description="read but not acknowledged"
+        )
+    )
+
+
+def live_runners() -> list[RunnerStats]:
+    """Stats of every runner alive in this process."""
+    return list(_live)
+
+
+def _observe(attr: str) -> Any:
+    def callback(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        seen: set[tuple[str, str]] = set()
+        for st in list(_live):
+            value = getattr(st, attr)
+            if value is None or (st.stream, st.group) in seen:
+                continue  # several runners of one group report the same group figures
+            seen.add((st.stream, st.group))
+            attrs = {"messaging.destination.name": st.stream, "messaging.consumer.group.name": st.group}
+            yield metrics.Observation(value, attrs)
+
+    return callback

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -53,3 +55,43 @@ async def test_span_per_entry_continues_the_publishers_trace(r, prefix, spans):
     assert first.attributes["messaging.system"] == "redis"
     assert first.attributes["messaging.destination.name"] == stream
     assert first.attributes["messaging.consumer.group.name"] == "test.trace"
+
+
+async def test_group_lag_is_exported_as_a_gauge(r, prefix):
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    stream = f"{prefix}events:device"
+    gate = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        await gate.wait()
+
+    pub = Publisher(r, producer="device")
+    group = "test.gauge"
+    sub = Subscription(stream, group, handlers={"device.registered.v1": handler})
+    runner = ConsumerRunner(r, sub, consumer="c", block_ms=50, batch_size=1, stats_interval_s=0.05)
+    events = [
+        DeviceRegistered(device_id=f"d{i}", workspace_id="w", name="n", device_type="virtual")
+        for i in range(5)
+    ]
+    async with Running(runner):
+        try:
+            await pub.publish_batch(stream, events)
+            await eventually(lambda: runner.stats.lag == 4 and runner.stats.pending == 1)
+            points = {
+                m.name: [
+                    p for p in m.data.data_points if p.attributes["messaging.consumer.group.name"] == group
+                ]
+                for rm in reader.get_metrics_data().resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+            }
+            assert [p.value for p in points["fleet.consumer.lag"]] == [4]
+            assert [p.value for p in points["fleet.consumer.pending"]] == [1]
+            assert points["fleet.consumer.lag"][0].attributes["messaging.destination.name"] == stream
+        finally:
+            gate.set()  # let the blocked handler finish so the runner can stop
