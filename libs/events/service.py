@@ -81,13 +81,20 @@ class ServiceHost:
     async def start(self, *, run_migrations: bool = True) -> None:
         """Open Redis and Postgres and bring the schema up to date."""
         s = self.settings
-        self.redis = aioredis.Redis.from_url(s.redis_url, decode_responses=False)
+        # No read timeout (consumers block on XREADGROUP), but dead peers are detected by keepalive
+        # and a health check before reuse of an idle connection.
+        self.redis = aioredis.Redis.from_url(
+            s.redis_url,
+            decode_responses=False,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=30,
+        )
         self.pool = await asyncpg.create_pool(
             s.database_url,
             min_size=1,
             max_size=10,
             server_settings={"search_path": self.spec.schema, "application_name": self.spec.name},
-            init=None,
         )
         if run_migrations:
             async with self.pool.acquire() as conn:
