@@ -14,12 +14,13 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
+import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
@@ -208,6 +209,25 @@ def health_router(host: ServiceHost) -> APIRouter:
     return router
 
 
+class GracefulServer(uvicorn.Server):
+    """A uvicorn server that exits 0 after a graceful SIGINT/SIGTERM shutdown.
+
+    Plain uvicorn re-raises the captured signal once shut down, so a clean stop looks like a crash.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a graceful exit (a second one forces it)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
 def configure_logging(level: str) -> None:
     """Plain one-line logs on stderr."""
     logging.basicConfig(
@@ -281,9 +301,8 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     configure_tracing(spec.name, settings.otel_exporter)
     host = ServiceHost(spec, settings)
     if args.command == "api":
-        import uvicorn
-
-        uvicorn.run(host.build_app(), host=settings.host, port=settings.port, log_level="info")
+        config = uvicorn.Config(host.build_app(), host=settings.host, port=settings.port, log_level="info")
+        asyncio.run(GracefulServer(config).serve())
         return 0
     if args.command == "worker":
         asyncio.run(_serve_worker(host))
