@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     """Rebuild with the service's own rebuild logic and settings from the environment."""
     import asyncpg
 
-    from libs.events.service import ServiceHost, _rebuild, configure_logging
+    from libs.events.service import ServiceHost, configure_logging, rebuild_projection
     from libs.events.settings import SettingsError
 
     from .compose import spec_of
@@ -32,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{spec.name}: configuration error: {exc}", code=2) from None
     configure_logging(settings.log_level)
     host = ServiceHost(spec, settings)
-    # Name check before connecting, so a typo needs no database; _rebuild checks again.
+    # Name check before connecting, so a typo needs no database; rebuild_projection checks again.
     known = sorted(spec.projections(host))
     if args.projection not in known:
         names = ", ".join(known) or "none"
         raise CommandError(f"{spec.name} has no projection {args.projection!r} (known: {names})", code=2)
     try:
-        asyncio.run(_rebuild(host, args.projection))
+        asyncio.run(rebuild_projection(host, args.projection))
     except SettingsError as exc:
         raise CommandError(str(exc), code=2) from None
     except (OSError, asyncpg.PostgresError) as exc:

@@ -96,6 +96,8 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self._errors: dict[str, str] = {}
         self._last_error = ""
+        self._tracer = tracer()
+        self._unknown_types: set[str] = set()
 
     def stop(self) -> None:
         """Ask the runner to finish its current batch and return."""
@@ -236,7 +238,8 @@ class ConsumerRunner:
             try:
                 envelope = decode_entry(fields)
                 event = decode_event(envelope, self.registry)
-            except UnknownEventType:
+            except UnknownEventType as exc:
+                self._note_unknown(str(exc))
                 skip.append(entry_id)
                 continue
             except UndecodableEntry as exc:
@@ -265,6 +268,14 @@ class ConsumerRunner:
             if not await self._attempt(_single(self.sub.handlers[d.envelope.type]), [d]):
                 await self._failed(d, entries)
 
+    def _note_unknown(self, event_type: str) -> None:
+        """Say once per type that entries are skipped: a newer producer may need a newer consumer."""
+        if event_type not in self._unknown_types:
+            self._unknown_types.add(event_type)
+            log.warning(
+                "%s on %s: skipping unknown event type %r", self.sub.group, self.sub.stream, event_type
+            )
+
     async def _attempt(self, handler: BatchHandler, batch: list[Delivery]) -> bool:
         """Run a handler under one span per entry; ack all on success."""
         spans = [self._span(d) for d in batch]
@@ -288,7 +299,7 @@ class ConsumerRunner:
 
     def _span(self, d: Delivery) -> trace.Span:
         parent = extract_context(d.envelope.headers) if d.envelope.headers else None
-        return tracer().start_span(
+        return self._tracer.start_span(
             f"process {d.envelope.type}",
             context=parent,
             kind=trace.SpanKind.CONSUMER,

@@ -6,7 +6,8 @@ A stream entry has exactly two fields: ``type`` (the event tag, for cheap filter
 
 from __future__ import annotations
 
-import uuid
+import os
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,20 @@ class UnknownEventType(LookupError):
     """An envelope whose type this registry does not know (consumers skip it)."""
 
 
+def new_id() -> str:
+    """A UUIDv7 (RFC 9562): unique, and time-ordered so id indexes stay append-mostly."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (rand >> 68) << 64
+        | 0b10 << 62
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
@@ -60,7 +75,7 @@ def new_envelope(
     if device_id is None:
         device_id = getattr(event, "device_id", None)
     return Envelope(
-        id=envelope_id or str(uuid.uuid4()),
+        id=envelope_id or new_id(),
         type=tag_of(type(event)),
         occurred_at=occurred_at or datetime.now(UTC),
         producer=producer,

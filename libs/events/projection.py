@@ -68,11 +68,36 @@ class Projection:
     apply: ApplyBatch
 
 
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable ``(ms, seq)`` pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def quote_ident(name: str) -> str:
+    """Quote a (possibly schema-qualified) table name we control."""
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+async def checkpoints(conn: Conn, consumer: str) -> dict[str, tuple[int, int]]:
+    """Per stream, the last entry a rebuild of this consumer's projection applied."""
+    rows = await conn.fetch(
+        "SELECT stream, entry_id FROM projection_checkpoints WHERE consumer = $1", consumer
+    )
+    return {r["stream"]: entry_key(r["entry_id"]) for r in rows}
+
+
 def projection_handler(pool: asyncpg.Pool, projection: Projection) -> BatchHandler:
     """A batch handler applying each new event once: effect and processed_events in one tx."""
+    lock = f"LOCK TABLE {', '.join(quote_ident(t) for t in projection.tables)} IN ROW EXCLUSIVE MODE"
 
     async def handle(batch: list[Delivery]) -> None:
         async with pool.acquire() as conn, conn.transaction():
+            # Take the tables first, as a rebuild does: a rebuild in progress then makes this wait
+            # before it touches processed_events, instead of deadlocking with it.
+            await conn.execute(lock)
+            done = await checkpoints(conn, projection.consumer)
+            batch = [d for d in batch if d.stream not in done or entry_key(d.entry_id) > done[d.stream]]
             fresh = await claim_events(conn, projection.consumer, [d.envelope.id for d in batch])
             todo = [d for d in batch if d.envelope.id in fresh]
             if todo:

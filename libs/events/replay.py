@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import heapq
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
@@ -12,8 +14,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from .envelope import Envelope, UndecodableEntry, UnknownEventType, decode_entry, decode_event
-from .pg import Conn
-from .projection import Delivery, Projection, claim_events
+from .projection import Delivery, Projection, quote_ident
 from .schemas import REGISTRY, Registry
 
 
@@ -114,54 +115,77 @@ async def rebuild(
     page_size: int = 5000,
     progress: Progress | None = None,
 ) -> int:
-    """Truncate the projection's tables and its processed_events rows, then replay the log into it.
+    """Truncate the projection's tables, then replay its streams into it; returns events applied.
 
-    Runs in one transaction: the live consumer of the projection waits on the truncated tables'
-    lock, then skips what the rebuild applied (processed_events), so nothing is applied twice and
-    readers never see a half-built model. Returns the number of events applied.
+    One transaction: readers never see a half-built model, and the live consumer (which locks the
+    same tables first) waits, then skips every entry at or below the checkpoint recorded here per
+    stream, so nothing is applied twice. Checkpoints replace per-event processed_events rows, and
+    the next page is read and decoded while the previous one is written.
     """
     total = sum([int(await redis.xlen(s)) for s in projection.streams])
+    wanted = frozenset(t.encode() for t in projection.types)
     seen = applied = 0
-    async with pool.acquire() as conn, conn.transaction():
-        tables = ", ".join(_ident(t) for t in projection.tables)
-        await conn.execute(f"TRUNCATE {tables}")
-        await conn.execute("DELETE FROM processed_events WHERE consumer = $1", projection.consumer)
-        batch: list[Delivery] = []
-        async for stream, entry_id, fields in _merged(redis, projection.streams, page_size):
-            seen += 1
-            if fields.get(b"type", b"").decode() not in projection.types:
-                continue
-            try:
-                envelope = decode_entry(fields)
-                event = decode_event(envelope, registry)
-            except (UndecodableEntry, UnknownEventType):
-                continue
-            batch.append(Delivery(stream, entry_id, envelope, event))
-            if len(batch) >= page_size:
-                applied += await _apply(conn, projection, batch)
-                batch = []
-                if progress:
-                    progress(seen, total)
-        applied += await _apply(conn, projection, batch)
-        if progress:
-            progress(seen, max(total, seen))
+    last: dict[str, str] = {}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a rebuild allocates millions of short-lived objects and makes no cycles
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"TRUNCATE {', '.join(quote_ident(t) for t in projection.tables)}")
+            await conn.execute("DELETE FROM processed_events WHERE consumer = $1", projection.consumer)
+            await conn.execute("DELETE FROM projection_checkpoints WHERE consumer = $1", projection.consumer)
+            writing: asyncio.Future[None] | None = None
+            batch: list[Delivery] = []
+            async for stream, entry_id, fields in _merged(redis, projection.streams, page_size):
+                seen += 1
+                last[stream] = entry_id
+                delivery = _decode(stream, entry_id, fields, wanted, registry)
+                if delivery is not None:
+                    batch.append(delivery)
+                if len(batch) >= page_size:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(projection.apply(conn, batch))
+                    applied, batch = applied + len(batch), []
+                    if progress:
+                        progress(seen, total)
+            if writing is not None:
+                await writing
+            if batch:
+                await projection.apply(conn, batch)
+                applied += len(batch)
+            await conn.executemany(
+                "INSERT INTO projection_checkpoints (consumer, stream, entry_id) VALUES ($1, $2, $3)",
+                [(projection.consumer, s, e) for s, e in last.items()],
+            )
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if progress:
+        progress(seen, max(total, seen))
     return applied
 
 
-async def _apply(conn: Conn, projection: Projection, batch: list[Delivery]) -> int:
-    if not batch:
-        return 0
-    fresh = await claim_events(conn, projection.consumer, [d.envelope.id for d in batch])
-    todo = [d for d in batch if d.envelope.id in fresh]
-    if todo:
-        await projection.apply(conn, todo)
-    return len(todo)
+def _decode(
+    stream: str, entry_id: str, fields: dict[bytes, bytes], wanted: frozenset[bytes], registry: Registry
+) -> Delivery | None:
+    """The delivery of an entry the projection wants; None for other types or undecodable ones."""
+    if fields.get(b"type") not in wanted:
+        return None
+    try:
+        envelope = decode_entry(fields)
+        return Delivery(stream, entry_id, envelope, decode_event(envelope, registry))
+    except (UndecodableEntry, UnknownEventType):
+        return None
 
 
 async def _merged(
     redis: aioredis.Redis, streams: tuple[str, ...], page_size: int
 ) -> AsyncIterator[tuple[str, str, dict[bytes, bytes]]]:
     """Entries of several streams merged in stream-id (arrival time) order."""
+    if len(streams) == 1:
+        async for entry_id, fields in _pages(redis, streams[0], page_size):
+            yield streams[0], entry_id, fields
+        return
     iterators = [_pages(redis, s, page_size) for s in streams]
     heads: list[tuple[tuple[int, int], int, str, dict[bytes, bytes]]] = []
     for i, it in enumerate(iterators):
@@ -179,23 +203,23 @@ async def _merged(
 async def _pages(
     redis: aioredis.Redis, stream: str, page_size: int
 ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
-    lo = "-"
-    while True:
-        page: Any = await redis.xrange(stream, min=lo, max="+", count=page_size)
+    """Every entry of a stream, reading the next page while the caller works on this one."""
+    nxt: asyncio.Future[Any] | None = asyncio.ensure_future(
+        redis.xrange(stream, min="-", max="+", count=page_size)
+    )
+    while nxt is not None:
+        page = await nxt
+        nxt = None
+        if len(page) == page_size:
+            lo = f"({_s(page[-1][0])}"
+            nxt = asyncio.ensure_future(redis.xrange(stream, min=lo, max="+", count=page_size))
         for entry_id, fields in page:
             yield _s(entry_id), fields
-        if len(page) < page_size:
-            return
-        lo = f"({_s(page[-1][0])}"
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-def _ident(name: str) -> str:
-    return ".".join(f'"{part}"' for part in name.split("."))
 
 
 def _s(value: bytes | str) -> str:

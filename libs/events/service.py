@@ -250,7 +250,8 @@ async def _serve_worker(host: ServiceHost) -> None:
         await host.stop()
 
 
-async def _rebuild(host: ServiceHost, name: str) -> int:
+async def rebuild_projection(host: ServiceHost, name: str) -> int:
+    """Rebuild one of the service's projections with a progress bar; returns events applied."""
     await host.start()
     try:
         projections = host.spec.projections(host)
@@ -311,7 +312,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate_only(host))
         return 0
     try:
-        asyncio.run(_rebuild(host, args.projection))
+        asyncio.run(rebuild_projection(host, args.projection))
     except SettingsError as exc:
         print(f"{spec.name}: {exc}", file=sys.stderr)
         return 2

@@ -154,3 +154,112 @@ async def test_replay_follow_yields_new_entries(r, prefix):
     )
     await asyncio.wait_for(task, 5)
     assert got == ["d0", "f0", "f1"]
+
+
+def fold(events: list[DeviceRegistered | DeviceStatusChanged]) -> list[tuple[object, ...]]:
+    """The read model computed in memory, for comparison."""
+    rows: dict[str, list[object]] = {}
+    for e in events:
+        if isinstance(e, DeviceRegistered):
+            rows.setdefault(e.device_id, [e.device_id, e.name, "offline", 0])[1] = e.name
+        elif e.device_id in rows:
+            rows[e.device_id][2] = e.status
+            rows[e.device_id][3] += 1  # type: ignore[operator]
+    return [tuple(rows[k]) for k in sorted(rows)]
+
+
+async def test_rebuild_while_the_live_consumer_works_applies_everything_once(r, prefix, pool):
+    import asyncio
+
+    stream = f"{prefix}events:device"
+    await pool.execute(DDL)
+    proj = projection(stream)
+    pub = Publisher(r, producer="device")
+    events = history(300)
+    await pub.publish_batch(stream, events)
+    sub = Subscription(
+        stream, "device.registry", batch=projection_handler(pool, proj), batch_types=proj.types
+    )
+    runner = ConsumerRunner(r, sub, consumer="live", block_ms=50, batch_size=20)
+    more = [
+        DeviceStatusChanged(
+            device_id=f"d{i % 300}",
+            workspace_id="w",
+            status="online",
+            previous="x",
+            reason="late",
+            at=datetime.now(UTC),
+        )
+        for i in range(600)
+    ]
+
+    async def keep_publishing() -> None:
+        for k in range(0, len(more), 10):
+            await pub.publish_batch(stream, more[k : k + 10])
+            await asyncio.sleep(0.002)
+
+    async with Running(runner):
+        writer = asyncio.create_task(keep_publishing())
+        for _ in range(3):  # rebuild repeatedly while the live consumer and the writer race it
+            await rebuild(pool, r, proj, page_size=50)
+        await writer
+        await eventually(lambda: runner.stats.lag == 0 and runner.stats.pending == 0, 20)
+        await eventually(lambda: snapshot_equals(pool, fold(events + more)), 20)
+
+
+async def snapshot_equals(pool: asyncpg.Pool, expected: list[tuple[object, ...]]) -> bool:
+    return await snapshot(pool) == expected
+
+
+async def test_a_rebuild_never_double_applies_a_batch_the_live_consumer_holds(r, prefix, pool):
+    """Deterministic interleaving: the live handler has claimed an event when the rebuild starts."""
+    import asyncio
+
+    stream = f"{prefix}events:device"
+    await pool.execute(DDL)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    hold = False
+
+    async def held_apply(conn: Conn, batch: list[Delivery]) -> None:
+        if hold:
+            entered.set()
+            await gate.wait()  # inside the live transaction, after processed_events, before the effect
+        await apply(conn, batch)
+
+    proj = projection(stream)
+    live_proj = Projection(proj.name, proj.consumer, proj.streams, proj.tables, proj.types, held_apply)
+    sub = Subscription(
+        stream, "device.registry", batch=projection_handler(pool, live_proj), batch_types=proj.types
+    )
+    runner = ConsumerRunner(r, sub, consumer="live", block_ms=50)
+    pub = Publisher(r, producer="device")
+    events = history(5)
+    await pub.publish_batch(stream, events)
+    async with Running(runner):
+        await eventually(lambda: runner.stats.handled == len(events))
+        hold = True
+        last = DeviceStatusChanged(
+            device_id="d1",
+            workspace_id="w",
+            status="late",
+            previous="online",
+            reason="heartbeat_missed",
+            at=datetime.now(UTC),
+        )
+        await pub.publish(stream, last)
+        await asyncio.wait_for(entered.wait(), 5)
+        rebuilding = asyncio.create_task(rebuild(pool, r, proj))
+        # the rebuild must wait for the live transaction (it holds the tables) instead of racing it
+        await eventually(lambda: rebuilding.done() or truncate_is_waiting(pool), 10)
+        hold = False
+        gate.set()
+        await asyncio.wait_for(rebuilding, 10)
+        await eventually(lambda: runner.stats.handled == len(events) + 1)
+    assert await snapshot(pool) == fold([*events, last])
+
+
+async def truncate_is_waiting(pool: asyncpg.Pool) -> bool:
+    n = await pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'TRUNCATE%'"
+    )
+    return bool(n)

@@ -117,3 +117,18 @@ async def test_every_tail_sees_every_event(r, prefix):
     for k in (0, 1):
         assert sorted(seen[k]) == sorted(f"d{i}" for i in range(20))
         assert "before" not in seen[k]
+
+
+async def test_tail_ends_when_stopped(r, prefix):
+    stop = asyncio.Event()
+    got: list[str] = []
+
+    async def reader() -> None:
+        async for rec in tail(r, [f"{prefix}events:device"], block_ms=100, stop=stop):
+            got.append(rec.entry_id)
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 2)  # returns after the current read, no cancel needed
+    assert got == []

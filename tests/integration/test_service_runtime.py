@@ -73,7 +73,7 @@ async def test_migrations_apply_once_even_concurrently(database_url, tmp_path):
     conns = [await asyncpg.connect(database_url) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrate.migrate(c, name, tmp_path) for c in conns))
-        assert sorted(len(r) for r in results) == [0, 0, 2]
+        assert sorted(len(r) for r in results) == [0, 0, len(migrate.discover(tmp_path))]
         assert await conns[0].fetchval(f'SELECT count(*) FROM "{name}".runs') == 1
         assert await migrate.pending(conns[0], name, tmp_path) == []
     finally:
