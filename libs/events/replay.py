@@ -68,21 +68,13 @@ async def replay(
     """Yield entries from ``start`` to ``end`` in order; with ``follow``, keep waiting for new ones."""
     flt = flt or ReplayFilter()
     lo, hi = flt.bounds(start, end)
-    wanted = {t.encode() for t in flt.types} if flt.types is not None else None
     last: str | None = None
     while True:
         page: Any = await redis.xrange(stream, min=lo, max=hi, count=page_size)
         for entry_id, fields in page:
             last = _s(entry_id)
-            if wanted is not None and fields.get(b"type") not in wanted:
-                continue
-            try:
-                envelope = decode_entry(fields)
-            except UndecodableEntry as exc:
-                yield ReplayRecord(stream, last, None, str(exc))
-                continue
-            if flt.matches(fields, envelope):
-                yield ReplayRecord(stream, last, envelope)
+            if (record := _record(stream, last, fields, flt)) is not None:
+                yield record
         if len(page) < page_size:
             break
         lo = f"({last}"
@@ -94,13 +86,19 @@ async def replay(
         for _name, entries in reply or []:
             for entry_id, fields in entries:
                 cursor = _s(entry_id)
-                try:
-                    envelope = decode_entry(fields)
-                except UndecodableEntry as exc:
-                    yield ReplayRecord(stream, cursor, None, str(exc))
-                    continue
-                if flt.matches(fields, envelope):
-                    yield ReplayRecord(stream, cursor, envelope)
+                if (record := _record(stream, cursor, fields, flt)) is not None:
+                    yield record
+
+
+def _record(stream: str, entry_id: str, fields: dict[bytes, bytes], flt: ReplayFilter) -> ReplayRecord | None:
+    """The record of an entry if the filter keeps it (undecodable entries are kept, with the error)."""
+    if flt.types is not None and fields.get(b"type", b"").decode(errors="replace") not in flt.types:
+        return None
+    try:
+        envelope = decode_entry(fields)
+    except UndecodableEntry as exc:
+        return ReplayRecord(stream, entry_id, None, str(exc))
+    return ReplayRecord(stream, entry_id, envelope) if flt.matches(fields, envelope) else None
 
 
 Progress = Callable[[int, int], None]
