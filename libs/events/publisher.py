@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -112,8 +113,9 @@ class Publisher:
         return ids
 
     async def publish_batch(self, stream: str, events: Sequence[Event], **meta: Any) -> list[str]:
-        """Publish many events to one stream in one round trip (trace headers taken once)."""
+        """Publish many events to one stream in one round trip (clock and trace headers read once)."""
         meta.setdefault("headers", inject_headers())
+        meta.setdefault("occurred_at", datetime.now(UTC))
         return await self.publish_envelopes([(stream, self.envelope(e, **meta)) for e in events])
 
     async def publish_once(

@@ -67,3 +67,18 @@ def test_registry_rejects_duplicate_tags() -> None:
 def test_dlq_names_keep_the_prefix() -> None:
     assert dlq_stream("events:device") == "dlq:events:device"
     assert dlq_stream("t1:events:device", "t1:") == "t1:dlq:events:device"
+
+
+def test_ids_are_uuid7_and_time_ordered() -> None:
+    import time
+    import uuid
+
+    from libs.events.envelope import new_id
+
+    first = new_id()
+    time.sleep(0.002)
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert all(first < i for i in ids)  # a later millisecond sorts after
+    assert abs(int(ids[0][:8] + ids[0][9:13], 16) - time.time() * 1000) < 5000
