@@ -26,6 +26,9 @@ from fastapi.responses import JSONResponse
 
 from . import migrate as migrations
 from .consumer import ConsumerRunner, Subscription
+from .http import BodyLimit, Identity, install_error_handlers
+from .identity import Signer
+from .identity_feed import IdentityFeed
 from .outbox import OutboxRelay
 from .projection import Projection
 from .replay import rebuild
@@ -48,6 +51,7 @@ class ServiceSpec:
     projections: Callable[[ServiceHost], dict[str, Projection]] = lambda host: {}
     relay: bool = False
     retention: RetentionPolicy | None = None
+    identity: bool = False
 
     @property
     def schema(self) -> str:
@@ -69,6 +73,9 @@ class ServiceHost:
     pool: asyncpg.Pool | None = None
     runners: list[ConsumerRunner] = field(default_factory=list)
     relay: OutboxRelay | None = None
+    identity: Identity | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def stream(self, name: str) -> str:
         """A stream key with this deployment's prefix (``events:device`` -> ``<prefix>events:device``)."""
@@ -102,9 +109,24 @@ class ServiceHost:
                 applied = await migrations.migrate(conn, self.spec.schema, self.spec.migrations_dir)
             if applied:
                 log.info("%s: applied migrations %s", self.spec.name, ", ".join(applied))
+        if self.spec.identity:
+            await self._start_identity()
+
+    async def _start_identity(self) -> None:
+        """Load the credential and revocation index, then follow it in the background."""
+        if not self.settings.signing_key:
+            raise SettingsError(f"{self.spec.name.upper()}_SIGNING_KEY (or SIGNING_KEY) is required")
+        assert self.redis is not None
+        feed = IdentityFeed(self.redis, [self.stream("events:auth"), self.stream("events:device")])
+        await feed.load()
+        self.identity = Identity(Signer(self.settings.signing_key), feed)
+        self._background.append(asyncio.create_task(feed.run(self._stop), name="identity-feed"))
 
     async def stop(self) -> None:
-        """Close connections."""
+        """Stop background tasks and close connections."""
+        self._stop.set()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
         if self.redis is not None:
@@ -147,6 +169,8 @@ class ServiceHost:
             docs_url=None,
             redoc_url=None,
         )
+        install_error_handlers(app)
+        app.add_middleware(BodyLimit, max_bytes=self.settings.max_body_bytes)
         app.include_router(health_router(self))
         for router in self.spec.routers(self):
             app.include_router(router)

@@ -13,7 +13,7 @@ import msgspec
 T = TypeVar("T", bound=msgspec.Struct)
 
 # Settings that every service may take from an unprefixed variable shared by the whole platform.
-SHARED = ("redis_url", "database_url", "stream_prefix", "consumer_name", "log_level")
+SHARED = ("redis_url", "database_url", "stream_prefix", "consumer_name", "log_level", "signing_key")
 
 
 class SettingsError(ValueError):
@@ -37,6 +37,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     max_deliveries: int = 5
     otel_exporter: str = "none"
     relay_poll_s: float = 1.0
+    signing_key: Annotated[
+        str, msgspec.Meta(description="secret (>= 32 chars) that signs sessions; the same in every service")
+    ] = ""
 
 
 def env_name(prefix: str, field: str) -> str:

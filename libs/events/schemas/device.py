@@ -1,14 +1,28 @@
-"""Events published by the device service on ``events:device``."""
+"""Events published by the device service on ``events:device``.
+
+``by`` names who acted: an operator id, ``enrolment`` (open enrolment), or ``system``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
+
+import msgspec
 
 from .base import Event
 
 
+class InitialCredential(msgspec.Struct, frozen=True, kw_only=True):
+    """A credential minted with the device: its id, kind and SHA-256 (never the secret)."""
+
+    credential_id: str
+    kind: str
+    secret_sha256: str
+
+
 class DeviceRegistered(Event, frozen=True, tag="device.registered.v1"):
-    """A device joined a workspace's registry."""
+    """A device joined a workspace's registry, with the credentials it was given (hashes only)."""
 
     device_id: str
     workspace_id: str
@@ -16,6 +30,38 @@ class DeviceRegistered(Event, frozen=True, tag="device.registered.v1"):
     device_type: str
     site_id: str | None = None
     labels: dict[str, str] = {}
+    groups: list[str] = []
+    metadata: dict[str, Any] = {}
+    credentials: list[InitialCredential] = []
+    by: str = "system"
+
+
+class DeviceUpdated(Event, frozen=True, tag="device.updated.v1"):
+    """Registry fields changed; ``changes`` holds the new values (``disabled`` among them)."""
+
+    device_id: str
+    workspace_id: str
+    changes: dict[str, Any]
+    by: str = "system"
+
+
+class DeviceDeleted(Event, frozen=True, tag="device.deleted.v1"):
+    """A device left the registry; its credentials and sessions stop working."""
+
+    device_id: str
+    workspace_id: str
+    by: str = "system"
+
+
+class SiteCreated(Event, frozen=True, tag="device.site_created.v1"):
+    """A site (a place devices belong to) was created; site ids are unique across workspaces."""
+
+    site_id: str
+    workspace_id: str
+    name: str
+    location: str | None = None
+    description: str | None = None
+    by: str = "system"
 
 
 class DeviceStatusChanged(Event, frozen=True, tag="device.status_changed.v1"):
@@ -29,4 +75,10 @@ class DeviceStatusChanged(Event, frozen=True, tag="device.status_changed.v1"):
     at: datetime
 
 
-EVENTS: tuple[type[Event], ...] = (DeviceRegistered, DeviceStatusChanged)
+EVENTS: tuple[type[Event], ...] = (
+    DeviceRegistered,
+    DeviceUpdated,
+    DeviceDeleted,
+    SiteCreated,
+    DeviceStatusChanged,
+)
