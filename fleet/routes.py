@@ -1,8 +1,11 @@
 """Which composed service answers a path: the route table of ``fleet up`` (pure, no I/O).
 
-The table maps path prefixes to service names; the longest matching prefix wins. A prefix matches
-whole path segments (``/api/device`` matches ``/api/device/x`` but not ``/api/devices``); a prefix
-ending in ``/`` matches everything below it. Each service's own endpoints are also reachable under
+The table maps path prefixes to service names. A prefix matches whole path segments
+(``/api/device`` matches ``/api/device/x`` but not ``/api/devices``); a ``*`` segment matches any one
+segment (``/api/v1/devices/*/credentials``); a prefix ending in ``/`` matches everything below it.
+The most specific match wins: more segments first, then more literal (non-``*``) segments, so
+``/api/v1/devices/pending`` beats ``/api/v1/devices/*`` and both beat ``/api/v1/devices``.
+Each service's own endpoints are also reachable under
 ``/_services/<name>/...`` with that prefix stripped (it becomes the ASGI ``root_path``).
 """
 
@@ -13,9 +16,18 @@ from dataclasses import dataclass
 
 Route = tuple[str, str]
 
-# (path prefix, service). Dialect routes of PROTOCOLS.md join as services grow them, e.g.
-# ("/api/v1/device/heartbeat", "telemetry").
-ROUTES: tuple[Route, ...] = ()
+# (path prefix, service): every public route of PROTOCOLS.md, and the operator APIs.
+ROUTES: tuple[Route, ...] = (
+    ("/api/v1/auth", "auth"),
+    ("/api/v1/workspaces", "auth"),
+    ("/api/v1/operators", "auth"),
+    ("/api/v1/audit", "auth"),
+    ("/api/v1/device/auth", "auth"),
+    ("/api/v1/devices/*/credentials", "auth"),
+    ("/api/v1/devices", "device"),
+    ("/api/v1/sites", "device"),
+    ("/api/devices", "device"),
+)
 
 SERVICES_PREFIX = "/_services/"
 
@@ -28,11 +40,24 @@ class Target:
     root_path: str = ""
 
 
+def _segments(path: str) -> list[str]:
+    return [seg for seg in path.split("/") if seg]
+
+
 def prefix_matches(prefix: str, path: str) -> bool:
-    """Whether ``prefix`` covers ``path`` on segment boundaries."""
-    if prefix.endswith("/"):
-        return path.startswith(prefix) or path == prefix[:-1]
-    return path == prefix or path.startswith(prefix + "/")
+    """Whether ``prefix`` covers ``path`` on segment boundaries (``*`` = any one segment)."""
+    if prefix.endswith("/") and path == prefix[:-1]:
+        return True
+    want, have = _segments(prefix), _segments(path)
+    if len(have) < len(want) or (prefix.endswith("/") and len(have) == len(want) and not path.endswith("/")):
+        return False
+    return all(w in ("*", h) for w, h in zip(want, have, strict=False))
+
+
+def specificity(prefix: str) -> tuple[int, int]:
+    """How specific a prefix is: its segments, then its literal segments."""
+    segs = _segments(prefix)
+    return len(segs), sum(seg != "*" for seg in segs)
 
 
 def resolve(path: str, routes: Sequence[Route], services: Collection[str]) -> Target | None:
@@ -42,7 +67,7 @@ def resolve(path: str, routes: Sequence[Route], services: Collection[str]) -> Ta
         return Target(name, SERVICES_PREFIX + name) if name in services else None
     best: Route | None = None
     for prefix, service in routes:
-        if prefix_matches(prefix, path) and (best is None or len(prefix) > len(best[0])):
+        if prefix_matches(prefix, path) and (best is None or specificity(prefix) > specificity(best[0])):
             best = (prefix, service)
     return Target(best[1]) if best is not None else None
 

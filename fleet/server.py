@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 import uvicorn
 
@@ -69,8 +69,16 @@ class Shutdown:
                 signal.signal(sig, handler)  # the launcher's, for the teardown after the loop
 
 
-async def serve_platform(hosts: Mapping[str, ServiceHost], sock: socket.socket, url: str) -> None:
-    """Start the hosts and their workers, serve ``sock`` until a signal, then stop in order."""
+async def serve_platform(
+    hosts: Mapping[str, ServiceHost],
+    sock: socket.socket,
+    url: str,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Start the hosts and their workers, serve ``sock`` until a signal, then stop in order.
+
+    ``on_ready`` runs once the port accepts connections (``fleet up`` seeds the demo there).
+    """
     shutdown = Shutdown()
     with shutdown.installed():
         await start_hosts(hosts)
@@ -80,7 +88,7 @@ async def serve_platform(hosts: Mapping[str, ServiceHost], sock: socket.socket, 
                 print(f"service {name}: {url}_services/{name}/", flush=True)
             if not shutdown.stop.is_set():
                 shutdown.server = FleetServer(_config(hosts))
-                await _serve(shutdown.server, sock, shutdown.stop, url)
+                await _serve(shutdown.server, sock, shutdown.stop, url, on_ready)
         finally:
             shutdown.stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -96,13 +104,22 @@ def _config(hosts: Mapping[str, ServiceHost]) -> uvicorn.Config:
     return uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=5)
 
 
-async def _serve(server: FleetServer, sock: socket.socket, stop: asyncio.Event, url: str) -> None:
+async def _serve(
+    server: FleetServer,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    url: str,
+    on_ready: Callable[[], Awaitable[None]] | None,
+) -> None:
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
     ready = asyncio.create_task(server.ready.wait())
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({serving, ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done() and not serving.done():
+            if on_ready is not None:
+                seeding = asyncio.create_task(on_ready())
+                await asyncio.wait({seeding, serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             print(f"fleet is up: {url}", flush=True)
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:

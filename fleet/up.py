@@ -49,15 +49,16 @@ def run(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)
     with _sigterm_interrupts(), sock, contextlib.ExitStack() as stack:
         try:
-            env = _backends(args.data_dir.resolve(), stack)
-            _serve(env, sock, display_url(args.host, sock.getsockname()[1]))
+            data = args.data_dir.resolve()
+            env = _backends(data, stack)
+            _serve(env, sock, display_url(args.host, sock.getsockname()[1]), data)
         except KeyboardInterrupt:
             print("fleet: interrupted during startup; stopping", flush=True)
     print("fleet: stopped", flush=True)
     return 0
 
 
-def _serve(env: dict[str, str], sock: socket.socket, url: str) -> None:
+def _serve(env: dict[str, str], sock: socket.socket, url: str, data: Path) -> None:
     from libs.events.settings import SettingsError
 
     from .compose import build_hosts
@@ -67,14 +68,17 @@ def _serve(env: dict[str, str], sock: socket.socket, url: str) -> None:
         hosts = build_hosts(env)
     except SettingsError as exc:
         raise CommandError(f"configuration error: {exc}", code=2) from None
-    asyncio.run(serve_platform(hosts, sock, url))
+    asyncio.run(serve_platform(hosts, sock, url, on_ready=lambda: announce_demo(url, data)))
 
 
 def _backends(data: Path, stack: contextlib.ExitStack) -> dict[str, str]:
     """The environment of the services: REDIS_URL and DATABASE_URL, given or embedded."""
+    from .demo import load_or_create_key
     from .embedded import data_dir_lock, embedded_postgres, start_redis
 
     env = dict(os.environ)
+    if not env.get("SIGNING_KEY"):
+        env["SIGNING_KEY"] = load_or_create_key(data / "signing.key")
     if not env.get("REDIS_URL") or not env.get("DATABASE_URL"):
         stack.enter_context(data_dir_lock(data))
         print(f"data: {data}", flush=True)
@@ -138,3 +142,15 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+async def announce_demo(url: str, data: Path) -> None:
+    """Seed the demo workspace (once) and print how to log in; failures are reported, not fatal."""
+    from .demo import SeedError, describe, seed
+
+    try:
+        demo = await seed(url, data)
+    except (SeedError, OSError, ValueError) as exc:
+        print(f"demo: not seeded: {exc}", flush=True)
+        return
+    print(describe(demo, data / "demo.json"), flush=True)

@@ -72,3 +72,21 @@ def test_the_shipped_table_is_valid() -> None:
 
     check_routes(ROUTES, SPECS)
     assert tuple(SPECS) == SERVICES
+
+
+def test_wildcard_segments_and_specificity() -> None:
+    from fleet.routes import ROUTES
+
+    services = {"auth", "device", "telemetry", "commands", "gateway"}
+    routes = [*ROUTES, ("/api/v1/devices/pending", "commands"), ("/api/v1/devices/*/commands", "commands")]
+    check_routes(routes, services)
+    assert resolve("/api/v1/devices/d1/credentials", routes, services) == Target("auth")
+    assert resolve("/api/v1/devices/d1/commands", routes, services) == Target("commands")
+    assert resolve("/api/v1/devices/pending", routes, services) == Target("commands")
+    assert resolve("/api/v1/devices/d1", routes, services) == Target("device")
+    assert resolve("/api/v1/devices/sites/site-001/devices", routes, services) == Target("device")
+    assert resolve("/api/v1/devices", routes, services) == Target("device")
+    assert resolve("/api/v1/device/auth", routes, services) == Target("auth")
+    assert resolve("/api/devices/x/status", routes, services) == Target("device")
+    assert resolve("/api/v1/sites/", routes, services) == Target("device")
+    assert not prefix_matches("/api/v1/devices/*/credentials", "/api/v1/devices/credentials")
