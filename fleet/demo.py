@@ -48,7 +48,11 @@ async def seed(url: str, data: Path) -> dict[str, Any]:
     """The demo facts, seeding them first if this data directory has none yet."""
     done = data / "demo.json"
     if done.exists():
-        return dict(json.loads(done.read_text()))
+        demo = dict(json.loads(done.read_text()))
+        if demo.get("url") != url:  # another port this time: keep the file true
+            demo["url"] = url
+            write_private(done, demo)
+        return demo
     partial = data / "demo.partial.json"
     state: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {}
     if "owner_password" not in state:
