@@ -87,6 +87,18 @@ def test_demo_is_seeded_once_and_every_dialect_answers(fleet: Start, tmp_path, d
         )
         assert w.status_code == 201 and len(w.json()["token"]) == 64
     assert proc.stop() == 0
+    # secrets reach the terminal's demo summary (by contract) but never a log line
+    logs = proc.stderr_path.read_text(errors="replace")
+    shown = [
+        demo["owner_password"],
+        demo["device_secret"],
+        body["token"],
+        k.json()["api_key"],
+        login.json()["access_token"],
+        rotated.json()["secret"],
+        w.json()["token"],
+    ]
+    assert [x for x in shown if x in logs] == []
 
     # a second run on the same data keeps the same demo and seeds nothing new
     port2 = free_port()
