@@ -6,11 +6,14 @@ from pathlib import Path
 
 from libs.events.service import ServiceSpec
 
+from .api import routers
 from .config import Settings
 
 SPEC = ServiceSpec(
     name="device",
     settings_cls=Settings,
     migrations_dir=Path(__file__).with_name("migrations"),
+    routers=routers,
     relay=True,
+    identity=True,
 )

@@ -1,0 +1,138 @@
+"""Operator registry routes: devices and sites of the caller's workspace (``/api/v1/...``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from libs.events.http import ApiError
+
+from ..domain import DevicePatch, NewDevice, NewSite, Site, is_id, parse, patch_fields
+from ..handlers import NewDeviceSpec
+from ..store import DeviceFilter
+from .common import (
+    Api,
+    Limit,
+    Offset,
+    body,
+    clean_query,
+    device_json,
+    device_path,
+    domain_errors,
+    site_json,
+    writer,
+)
+
+# Fields presence derives; nobody edits them.
+READ_ONLY = ("status", "status_reason", "last_seen")
+
+
+def label_filter(value: str | None) -> tuple[str, str] | None:
+    """``key:value`` -> ``(key, value)``."""
+    if value is None:
+        return None
+    key, sep, val = value.partition(":")
+    if not sep or not key:
+        raise ApiError(400, "VALIDATION_ERROR", "label: expected key:value")
+    return key, val
+
+
+def router(api: Api) -> APIRouter:
+    """``/api/v1/devices`` and ``/api/v1/sites`` for operators."""
+    r = APIRouter()
+    reg = api.registry
+
+    @r.post("/api/v1/devices", status_code=201)
+    async def create_device(request: Request) -> JSONResponse:
+        op = writer(api.identity, request)
+        with domain_errors():
+            cmd = parse(NewDevice, await body(request))
+            spec = NewDeviceSpec(
+                name=cmd.name,
+                device_type=cmd.device_type,
+                site_id=cmd.site_id,
+                groups=cmd.groups,
+                labels=cmd.labels,
+                metadata=cmd.metadata,
+                kinds=cmd.credentials,
+            )
+            device, secrets = await reg.register(op.workspace_id, op.operator_id, spec)
+        return JSONResponse({**device_json(device), "credentials": secrets}, status_code=201)
+
+    @r.get("/api/v1/devices")
+    async def list_devices(
+        request: Request,
+        status: str | None = None,
+        site: str | None = None,
+        group: str | None = None,
+        label: str | None = None,
+        q: str | None = None,
+        limit: Limit = 100,
+        offset: Offset = 0,
+    ) -> dict[str, Any]:
+        op = api.identity.operator(request)
+        f = DeviceFilter(
+            status=clean_query(status, "status"),
+            site_id=clean_query(site, "site"),
+            group=clean_query(group, "group"),
+            label=label_filter(clean_query(label, "label")),
+            text=clean_query(q, "q"),
+        )
+        items, total = await reg.devices(op.workspace_id, f, limit=limit, offset=offset)
+        return {"items": [device_json(d) for d in items], "total": total, "limit": limit, "offset": offset}
+
+    @r.get("/api/v1/devices/{device_id}")
+    async def get_device(device_id: str, request: Request) -> dict[str, Any]:
+        op = api.identity.operator(request)
+        with domain_errors():
+            return device_json(await reg.device(op.workspace_id, device_path(device_id)))
+
+    @r.patch("/api/v1/devices/{device_id}")
+    async def patch_device(device_id: str, request: Request) -> dict[str, Any]:
+        op = writer(api.identity, request)
+        data = await body(request)
+        if isinstance(data, dict) and any(k in data for k in READ_ONLY):
+            raise ApiError(400, "READ_ONLY_FIELD", "status is derived from presence and cannot be edited")
+        with domain_errors():
+            fields = patch_fields(parse(DevicePatch, data))
+            device = await reg.update(op.workspace_id, device_path(device_id), fields, op.operator_id)
+        return device_json(device)
+
+    @r.delete("/api/v1/devices/{device_id}", status_code=204)
+    async def delete_device(device_id: str, request: Request) -> Response:
+        op = writer(api.identity, request)
+        with domain_errors():
+            await reg.delete(op.workspace_id, device_path(device_id), op.operator_id)
+        return Response(status_code=204)
+
+    @r.get("/api/v1/sites")
+    async def list_sites(request: Request) -> list[dict[str, Any]]:
+        op = api.identity.operator(request)
+        return [site_json(s) for s in await reg.sites(op.workspace_id)]
+
+    async def create_site(request: Request) -> JSONResponse:
+        op = writer(api.identity, request)
+        with domain_errors():
+            cmd = parse(NewSite, await body(request))
+            site = Site(
+                cmd.site_id, op.workspace_id, cmd.name, cmd.location, cmd.description, datetime.now(UTC)
+            )
+            await reg.create_site(site, op.operator_id)
+        return JSONResponse(site_json(site), status_code=201)
+
+    # Dialect K posts to the trailing-slash form; answer both rather than redirect a POST.
+    r.add_api_route("/api/v1/sites", create_site, methods=["POST"], status_code=201)
+    r.add_api_route("/api/v1/sites/", create_site, methods=["POST"], status_code=201)
+
+    @r.get("/api/v1/sites/{site_id}")
+    async def get_site(site_id: str, request: Request) -> dict[str, Any]:
+        op = api.identity.operator(request)
+        if not is_id(site_id):
+            raise ApiError(404, "SITE_NOT_FOUND", "site not found")
+        with domain_errors():
+            return site_json(await reg.site(op.workspace_id, site_id))
+
+    return r

@@ -1,0 +1,208 @@
+"""Use-cases of the registry: load -> decide -> store state and outbox in one transaction -> publish."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from libs.events.envelope import Envelope
+from libs.events.identity import new_secret, secret_hash
+from libs.events.outbox import enqueue
+from libs.events.pg import Conn
+from libs.events.publisher import Publisher, raw_item
+from libs.events.schemas import Event
+from libs.events.schemas.device import InitialCredential
+from libs.events.service import ServiceHost
+
+from . import store
+from .domain import (
+    Device,
+    DomainError,
+    Site,
+    check_site,
+    decide_create_site,
+    decide_delete,
+    decide_register,
+    decide_update,
+)
+
+log = logging.getLogger(__name__)
+STREAM = "events:device"
+
+
+@dataclass(frozen=True)
+class NewDeviceSpec:
+    """Everything a registration needs besides who and where."""
+
+    name: str
+    device_type: str
+    device_id: str | None = None
+    site_id: str | None = None
+    groups: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ip_address: str | None = None
+    kinds: Sequence[str] = ("secret",)
+
+
+def not_found(device_id: str) -> DomainError:
+    """The one answer for a missing, deleted or other workspace's device."""
+    return DomainError("not_found", "DEVICE_NOT_FOUND", f"device {device_id} not found")
+
+
+def mint(kinds: Sequence[str]) -> tuple[list[InitialCredential], dict[str, str]]:
+    """Fresh credentials: what the event carries (hashes) and what the caller sees once."""
+    creds, secrets = [], {}
+    for kind in dict.fromkeys(kinds):
+        secret = new_secret()
+        creds.append(
+            InitialCredential(credential_id=str(uuid.uuid4()), kind=kind, secret_sha256=secret_hash(secret))
+        )
+        secrets[kind] = secret
+    return creds, secrets
+
+
+class Registry:
+    """The registry's use-cases over the host's pool and Redis (bound lazily: pools open at start)."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self.host = host
+        self._publisher: Publisher | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The service's Postgres pool."""
+        assert self.host.pool is not None, "the host is not started"
+        return self.host.pool
+
+    @property
+    def stream(self) -> str:
+        """The prefixed ``events:device`` stream."""
+        return self.host.stream(STREAM)
+
+    def publisher(self) -> Publisher:
+        """The fast-path publisher (created on first use)."""
+        if self._publisher is None:
+            assert self.host.redis is not None
+            self._publisher = Publisher(self.host.redis, producer="device")
+        return self._publisher
+
+    async def _enqueue(self, conn: Conn, events: list[Event]) -> list[Envelope]:
+        envs = [self.publisher().envelope(e) for e in events]
+        await enqueue(conn, [(self.stream, env) for env in envs])
+        return envs
+
+    async def _publish(self, envs: list[Envelope]) -> None:
+        """Best effort after commit, so verifiers see new credentials at once; the relay dedups."""
+        if not envs:
+            return
+        try:
+            await self.publisher().publish_once(self.stream, [raw_item(e) for e in envs])
+        except RedisError as exc:
+            log.warning("fast publish of %d device events failed (the relay will retry): %s", len(envs), exc)
+
+    async def register(
+        self, workspace_id: str, by: str, spec: NewDeviceSpec
+    ) -> tuple[Device, dict[str, str]]:
+        """Register a device with fresh credentials; returns it and the secrets (shown once)."""
+        now = datetime.now(UTC)
+        device = Device(
+            device_id=spec.device_id or str(uuid.uuid4()),
+            workspace_id=workspace_id,
+            name=spec.name,
+            device_type=spec.device_type,
+            site_id=spec.site_id,
+            groups=list(spec.groups),
+            labels=dict(spec.labels),
+            metadata=dict(spec.metadata),
+            disabled=False,
+            created_at=now,
+            updated_at=now,
+            ip_address=spec.ip_address,
+        )
+        creds, secrets = mint(spec.kinds)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if spec.site_id is not None:
+                check_site(spec.site_id, await store.get_site(conn, spec.site_id), workspace_id)
+            taken = await store.device_id_taken(conn, device.device_id)
+            events = decide_register(device, taken=taken, credentials=creds, by=by)
+            if not await store.insert_device(conn, device):
+                decide_register(device, taken=True, credentials=creds, by=by)
+            envs = await self._enqueue(conn, events)
+        await self._publish(envs)
+        log.info("device %s registered in workspace %s by %s", device.device_id, workspace_id, by)
+        return device, secrets
+
+    async def update(self, workspace_id: str, device_id: str, fields: dict[str, Any], by: str) -> Device:
+        """Change registry fields of a device (only real changes become an event)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            device = await store.get_device(conn, workspace_id, device_id, lock=True)
+            if device is None:
+                raise not_found(device_id)
+            site_id = fields.get("site_id")
+            if site_id is not None:
+                check_site(site_id, await store.get_site(conn, site_id), workspace_id)
+            updated, events = decide_update(device, fields, by=by, now=datetime.now(UTC))
+            if events:
+                await store.update_device(conn, updated)
+            envs = await self._enqueue(conn, events)
+        await self._publish(envs)
+        return updated
+
+    async def delete(self, workspace_id: str, device_id: str, by: str) -> None:
+        """Remove a device; its id stays reserved."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            device = await store.get_device(conn, workspace_id, device_id, lock=True)
+            if device is None:
+                raise not_found(device_id)
+            events = decide_delete(device, by=by)
+            await store.delete_device(conn, device_id, datetime.now(UTC))
+            envs = await self._enqueue(conn, events)
+        await self._publish(envs)
+        log.info("device %s deleted from workspace %s by %s", device_id, workspace_id, by)
+
+    async def device(self, workspace_id: str, device_id: str) -> Device:
+        """A live device of the workspace, else DomainError(not_found)."""
+        async with self.pool.acquire() as conn:
+            device = await store.get_device(conn, workspace_id, device_id)
+        if device is None:
+            raise not_found(device_id)
+        return device
+
+    async def devices(
+        self, workspace_id: str, f: store.DeviceFilter, *, limit: int, offset: int
+    ) -> tuple[list[Device], int]:
+        """A page of the workspace's devices, newest first, and the total."""
+        async with self.pool.acquire() as conn:
+            return await store.list_devices(conn, workspace_id, f, limit=limit, offset=offset)
+
+    async def create_site(self, site: Site, by: str) -> Site:
+        """Create a site (ids are global: another workspace's id is a conflict too)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            taken = await store.get_site(conn, site.site_id) is not None
+            events = decide_create_site(site, taken=taken, by=by)
+            if not await store.insert_site(conn, site):
+                decide_create_site(site, taken=True, by=by)
+            envs = await self._enqueue(conn, events)
+        await self._publish(envs)
+        return site
+
+    async def site(self, workspace_id: str | None, site_id: str) -> Site:
+        """A site of the workspace (or of any workspace when None), else not_found."""
+        async with self.pool.acquire() as conn:
+            site = await store.get_site(conn, site_id)
+        if site is None or (workspace_id is not None and site.workspace_id != workspace_id):
+            raise DomainError("not_found", "SITE_NOT_FOUND", f"site {site_id} not found")
+        return site
+
+    async def sites(self, workspace_id: str) -> list[Site]:
+        """The workspace's sites, newest first."""
+        async with self.pool.acquire() as conn:
+            return await store.list_sites(conn, workspace_id)

@@ -1,0 +1,178 @@
+"""All SQL of the device service (asyncpg); every read is scoped by workspace."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from libs.events.pg import Conn
+
+from .domain import Device, Site
+
+_DEVICE_COLUMNS = (
+    "device_id, workspace_id, name, device_type, site_id, groups, labels, metadata, disabled, "
+    "created_at, updated_at, ip_address, status, status_reason, last_seen"
+)
+_LIVE = "deleted_at IS NULL"
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """Listing filters (all optional)."""
+
+    status: str | None = None
+    site_id: str | None = None
+    group: str | None = None
+    label: tuple[str, str] | None = None
+    text: str | None = None
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _device(row: Mapping[str, Any]) -> Device:
+    values = dict(row)
+    values["groups"] = list(values["groups"])
+    values["labels"] = msgspec.json.decode(values["labels"])
+    values["metadata"] = msgspec.json.decode(values["metadata"])
+    return Device(**values)
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` with LIKE wildcards in ``text`` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def device_id_taken(conn: Conn, device_id: str) -> bool:
+    """Whether any device, live or deleted, has this id."""
+    return bool(await conn.fetchval("SELECT 1 FROM devices WHERE device_id = $1", device_id))
+
+
+async def get_device(conn: Conn, workspace_id: str, device_id: str, *, lock: bool = False) -> Device | None:
+    """A live device of the workspace (locked for update when asked)."""
+    sql = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = $1 AND workspace_id = $2 AND {_LIVE}"
+    row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), device_id, workspace_id)
+    return _device(row) if row else None
+
+
+async def insert_device(conn: Conn, d: Device) -> bool:
+    """Insert a new device; False if its id is taken (a concurrent registration won)."""
+    row = await conn.fetchval(
+        "INSERT INTO devices (device_id, workspace_id, name, device_type, site_id, groups, labels, "
+        "metadata, disabled, created_at, updated_at, ip_address) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9, $10, $11, $12) "
+        "ON CONFLICT (device_id) DO NOTHING RETURNING 1",
+        d.device_id,
+        d.workspace_id,
+        d.name,
+        d.device_type,
+        d.site_id,
+        d.groups,
+        _json(d.labels),
+        _json(d.metadata),
+        d.disabled,
+        d.created_at,
+        d.updated_at,
+        d.ip_address,
+    )
+    return row is not None
+
+
+async def update_device(conn: Conn, d: Device) -> None:
+    """Store the editable fields of a device."""
+    await conn.execute(
+        "UPDATE devices SET name = $2, site_id = $3, groups = $4, labels = $5::jsonb, "
+        "metadata = $6::jsonb, disabled = $7, updated_at = $8 WHERE device_id = $1",
+        d.device_id,
+        d.name,
+        d.site_id,
+        d.groups,
+        _json(d.labels),
+        _json(d.metadata),
+        d.disabled,
+        d.updated_at,
+    )
+
+
+async def delete_device(conn: Conn, device_id: str, now: datetime) -> None:
+    """Soft-delete: the row stays so its id is never reused."""
+    await conn.execute(
+        "UPDATE devices SET deleted_at = $2, updated_at = $2 WHERE device_id = $1", device_id, now
+    )
+
+
+def _where(workspace_id: str, f: DeviceFilter) -> tuple[str, list[Any]]:
+    clauses, args = ["workspace_id = $1", _LIVE], [workspace_id]
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(sql.replace("?", f"${len(args)}"))
+
+    if f.status is not None:
+        add("status = ?", f.status)
+    if f.site_id is not None:
+        add("site_id = ?", f.site_id)
+    if f.group is not None:
+        add("? = ANY(groups)", f.group)
+    if f.label is not None:
+        add("labels @> ?::jsonb", _json({f.label[0]: f.label[1]}))
+    if f.text is not None:
+        add("(name ILIKE ? ESCAPE '\\' OR device_id ILIKE ? ESCAPE '\\')", like_pattern(f.text))
+    return " AND ".join(clauses), args
+
+
+async def list_devices(
+    conn: Conn, workspace_id: str, f: DeviceFilter, *, limit: int, offset: int
+) -> tuple[list[Device], int]:
+    """A page of the workspace's live devices, newest first, and the total matching."""
+    where, args = _where(workspace_id, f)
+    total = await conn.fetchval(f"SELECT count(*) FROM devices WHERE {where}", *args)
+    n = len(args)
+    rows = await conn.fetch(
+        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {where} "
+        f"ORDER BY created_at DESC, device_id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        *args,
+        limit,
+        offset,
+    )
+    return [_device(r) for r in rows], int(total)
+
+
+async def get_site(conn: Conn, site_id: str) -> Site | None:
+    """A site by its (global) id, whatever its workspace."""
+    row = await conn.fetchrow(
+        "SELECT site_id, workspace_id, name, location, description, created_at FROM sites WHERE site_id = $1",
+        site_id,
+    )
+    return Site(**dict(row)) if row else None
+
+
+async def insert_site(conn: Conn, s: Site) -> bool:
+    """Insert a site; False if the id is taken."""
+    row = await conn.fetchval(
+        "INSERT INTO sites (site_id, workspace_id, name, location, description, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (site_id) DO NOTHING RETURNING 1",
+        s.site_id,
+        s.workspace_id,
+        s.name,
+        s.location,
+        s.description,
+        s.created_at,
+    )
+    return row is not None
+
+
+async def list_sites(conn: Conn, workspace_id: str) -> list[Site]:
+    """The workspace's sites, newest first."""
+    rows = await conn.fetch(
+        "SELECT site_id, workspace_id, name, location, description, created_at FROM sites "
+        "WHERE workspace_id = $1 ORDER BY created_at DESC, site_id DESC",
+        workspace_id,
+    )
+    return [Site(**dict(r)) for r in rows]
