@@ -100,10 +100,14 @@ async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
     )
     host = ServiceHost(SPEC, settings)
     await host.start()
+    assert host.identity is not None and host.redis is not None
+    # host.stop() waits out the feed's blocking XREAD (500 ms); keep teardown short.
+    host.identity.feed.block_ms = 20
     app = host.build_app(manage_lifespan=False)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1234))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://device") as client:
             yield World(host, client, prefix)
     finally:
+        await host.redis.xadd(prefix + "events:auth", {"type": "test.wake", "envelope": "{}"})
         await host.stop()
