@@ -87,7 +87,7 @@ async def parse(request: Request, cls: type[T]) -> T:
         return msgspec.json.decode(raw, type=cls)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "VALIDATION_ERROR", str(exc)) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec lets invalid UTF-8 through as the latter
         raise ApiError(400, "BAD_REQUEST", "the body is not valid JSON") from None
 
 

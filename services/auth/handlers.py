@@ -208,8 +208,10 @@ async def login(
     email = email.strip().lower()
     lim = auth.limits
     await lim.enforce((lim.login_address, client), (lim.login_account, email))
-    async with auth.store.read() as conn:
-        row = await db.operator_by_email(conn, email)
+    row = None
+    with contextlib.suppress(d.Invalid):  # an impossible email is simply unknown
+        async with auth.store.read() as conn:
+            row = await db.operator_by_email(conn, d.normalize_email(email))
     if row is None:
         await auth.passwords.dummy_verify(password)
         raise d.Unauthorized("INVALID_CREDENTIALS", "wrong email or password")
@@ -614,6 +616,8 @@ async def audit(
     auth: Auth, op: Operator, limit: int, offset: int, action: str | None
 ) -> list[dict[str, Any]]:
     """The current workspace's audit log, newest first."""
+    if action is not None and not action.isprintable():
+        raise d.Invalid("INVALID_ACTION", "action must be an event name such as auth.operator_added")
     async with auth.store.read() as conn:
         rows = await db.audit_page(conn, op.workspace_id, limit=limit, offset=offset, action=action)
     return [

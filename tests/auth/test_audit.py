@@ -76,7 +76,14 @@ async def test_audit_is_scoped_to_the_workspace(env: Env):
     assert theirs and all(e["action"].startswith("auth.") for e in theirs)
     assert {e["event_id"] for e in mine}.isdisjoint({e["event_id"] for e in theirs})
     assert "device.registered" not in [e["action"] for e in theirs]
-    for params in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}, {"limit": "9" * 40}):
+    for params in (
+        {"limit": 0},
+        {"limit": 1001},
+        {"offset": -1},
+        {"limit": "x"},
+        {"limit": "9" * 40},
+        {"action": "a\x00b"},
+    ):
         resp = await env.client.get("/api/v1/audit", headers=owner, params=params)
         assert resp.status_code == 400, params
     assert ws2
