@@ -140,3 +140,15 @@ async def test_bad_ip_address_is_400(world: World):
     for ip in ("999.1.1.1", "not-an-ip", 12):
         assert (await register(world, site, k_body(ip_address=ip))).status_code == 400
     assert (await register(world, site, k_body(ip_address="::1"))).status_code == 201
+
+
+async def test_concurrent_registrations_of_one_id_yield_one_device(world: World):
+    import asyncio
+
+    ws = await world.workspace(open_enrolment=True)
+    site = await world.site(ws)
+    body = k_body()
+    replies = await asyncio.gather(*(register(world, site, body) for _ in range(5)))
+    assert sorted(r.status_code for r in replies) == [201, 409, 409, 409, 409]
+    registered = [e for _, e in await world.events() if isinstance(e, DeviceRegistered)]
+    assert len(registered) == 1

@@ -234,3 +234,17 @@ async def test_sites_create_list_get_and_conflict(world: World):
     assert minimal.json()["location"] is None and minimal.json()["description"] is None
     event = (await world.events())[0][1]
     assert isinstance(event, SiteCreated) and event.location == "Oslo" and event.workspace_id == ws
+
+
+async def test_disabling_stops_credentials_and_enabling_restores_them(world: World):
+    ws = await world.workspace()
+    dev = (await create(world, ws)).json()
+    secret, url = dev["credentials"]["secret"], f"/api/v1/devices/{dev['device_id']}"
+    identity = world.host.identity
+    assert identity is not None
+    await world.client.patch(url, json={"disabled": True}, headers=world.auth(ws))
+    await identity.feed.catch_up()
+    assert identity.feed.index.credential(secret, "secret") is None
+    await world.client.patch(url, json={"disabled": False}, headers=world.auth(ws))
+    await identity.feed.catch_up()
+    assert identity.feed.index.credential(secret, "secret") is not None
