@@ -133,8 +133,8 @@ class Registry:
                 check_site(spec.site_id, await store.get_site(conn, spec.site_id), workspace_id)
             taken = await store.device_id_taken(conn, device.device_id)
             events = decide_register(device, taken=taken, credentials=creds, by=by)
-            if not await store.insert_device(conn, device):
-                decide_register(device, taken=True, credentials=creds, by=by)
+            if not await store.insert_device(conn, device):  # a concurrent registration won
+                decide_register(device, taken=True, credentials=creds, by=by)  # raises the conflict
             envs = await self._enqueue(conn, events)
         await self._publish(envs)
         log.info("device %s registered in workspace %s by %s", device.device_id, workspace_id, by)
@@ -188,8 +188,8 @@ class Registry:
         async with self.pool.acquire() as conn, conn.transaction():
             taken = await store.get_site(conn, site.site_id) is not None
             events = decide_create_site(site, taken=taken, by=by)
-            if not await store.insert_site(conn, site):
-                decide_create_site(site, taken=True, by=by)
+            if not await store.insert_site(conn, site):  # a concurrent creation won
+                decide_create_site(site, taken=True, by=by)  # raises the conflict
             envs = await self._enqueue(conn, events)
         await self._publish(envs)
         return site
