@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from fastapi import APIRouter
+
 from libs.events.service import ServiceHost, ServiceSpec
 
 from . import api
@@ -18,7 +20,7 @@ from .projections import audit_projection
 def build_spec(name: str = "auth", passwords: Callable[[Settings], Passwords] = Passwords) -> ServiceSpec:
     """The service's spec; ``name`` is also its Postgres schema (tests use their own)."""
 
-    def routers(host: ServiceHost) -> list[api.APIRouter]:
+    def routers(host: ServiceHost) -> list[APIRouter]:
         return api.routers(Auth(host, passwords(cast(Settings, host.settings))))
 
     return ServiceSpec(
