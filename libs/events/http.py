@@ -211,7 +211,7 @@ async def json_body(request: Request) -> Any:
         raise ApiError(400, "BAD_REQUEST", "a JSON body is required")
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):  # e.g. 1e999, bad UTF-8
         raise ApiError(400, "BAD_REQUEST", "the body is not valid JSON") from None
 
 

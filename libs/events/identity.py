@@ -209,6 +209,8 @@ def _on_updated(ix: IdentityIndex, e: D.DeviceUpdated) -> None:
 
 def _on_deleted(ix: IdentityIndex, e: D.DeviceDeleted) -> None:
     ix.deleted_devices.add(e.device_id)
+    # its credentials die with it, so a later device of the same id can never revive them
+    ix.revoked_credentials.update(c.credential_id for c in ix.by_id.values() if c.device_id == e.device_id)
     ix.devices.pop(e.device_id, None)
 
 

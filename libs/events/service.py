@@ -125,6 +125,8 @@ class ServiceHost:
     async def stop(self) -> None:
         """Stop background tasks and close connections."""
         self._stop.set()
+        for task in self._background:
+            task.cancel()  # do not wait out a blocking read; a swallowed cancel still ends within it
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.pool is not None:

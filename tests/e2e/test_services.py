@@ -38,6 +38,7 @@ def test_every_service_api_and_worker_run_and_stop_cleanly(database_url, prefix)
         "REDIS_URL": REDIS_URL,
         "DATABASE_URL": database_url,
         "STREAM_PREFIX": prefix,
+        "SIGNING_KEY": "x" * 40,
         "PYTHONPATH": str(ROOT),
     }
     ports = {name: free_port() for name in SERVICES}
