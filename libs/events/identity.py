@@ -145,15 +145,33 @@ class IdentityIndex:
             handler(self, event)
             self.applied += 1
 
-    def credential(self, secret: str, kind: str, device_id: str | None = None) -> Credential | None:
-        """The live credential of this kind matching ``secret`` (and device), else None."""
+    def match(self, secret: str, kind: str, device_id: str | None = None) -> Credential | None:
+        """The unrevoked credential of this kind (and device) matching ``secret``, disabled or not.
+
+        Lets a caller tell a wrong secret (401) from a disabled device (403).
+        """
         digest = secret_hash(secret)
         cred = self.by_hash.get(digest)
         if cred is None or not same_hash(cred.secret_sha256, digest) or cred.kind != kind:
             return None
         if device_id is not None and cred.device_id != device_id:
             return None
-        return cred if self.credential_usable(cred) else None
+        if cred.credential_id in self.revoked_credentials or cred.device_id in self.deleted_devices:
+            return None
+        return cred
+
+    def credential(self, secret: str, kind: str, device_id: str | None = None) -> Credential | None:
+        """The usable credential of this kind (and device) matching ``secret``, else None."""
+        cred = self.match(secret, kind, device_id)
+        return cred if cred is not None and self.credential_usable(cred) else None
+
+    def live(self, device_id: str, kind: str) -> list[Credential]:
+        """A device's unrevoked credentials of one kind."""
+        return [
+            c
+            for c in self.by_id.values()
+            if c.device_id == device_id and c.kind == kind and c.credential_id not in self.revoked_credentials
+        ]
 
     def credential_usable(self, cred: Credential) -> bool:
         """Not revoked, and its device neither deleted nor disabled."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from libs.events.envelope import new_id
 from libs.events.http import Operator
-from libs.events.identity import Credential, new_secret, same_hash, secret_hash
+from libs.events.identity import Credential, new_secret, secret_hash
 
 from .. import domain as d
 from .. import store as db
@@ -32,12 +32,7 @@ async def _live_credentials(auth: Auth, tx: Tx, device_id: str, kind: str) -> li
     """Live credential ids of a device and kind: the index's and those minted here, oldest first."""
     await db.lock_device_kind(tx.conn, device_id, kind)
     mine, revoked = await db.minted(tx.conn, device_id, kind)
-    ix = auth.identity.feed.index
-    known = [
-        c.credential_id
-        for c in ix.by_id.values()
-        if c.device_id == device_id and c.kind == kind and c.credential_id not in ix.revoked_credentials
-    ]
+    known = [c.credential_id for c in auth.identity.feed.index.live(device_id, kind)]
     return [c for c in dict.fromkeys([*known, *mine]) if c not in revoked]
 
 
@@ -82,14 +77,7 @@ async def revoke_credentials(auth: Auth, op: Operator, device_id: str, kind: str
 
 def _secret_credential(auth: Auth, device_id: str, secret: str) -> Credential | None:
     """The unrevoked ``secret`` credential of this device matching the secret (disabled or not)."""
-    ix = auth.identity.feed.index
-    digest = secret_hash(secret)
-    cred = ix.by_hash.get(digest)
-    if cred is None or not same_hash(cred.secret_sha256, digest):
-        return None
-    if cred.kind != "secret" or cred.device_id != device_id or cred.credential_id in ix.revoked_credentials:
-        return None
-    return None if device_id in ix.deleted_devices else cred
+    return auth.identity.feed.index.match(secret, "secret", device_id)
 
 
 async def device_auth(auth: Auth, device_id: str, secret: str, client: str) -> dict[str, Any]:
