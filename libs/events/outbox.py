@@ -10,9 +10,11 @@ A Redis outage only delays events: rows wait in Postgres.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -20,7 +22,8 @@ from redis.exceptions import RedisError
 
 from .envelope import Envelope, encode_envelope
 from .pg import Conn
-from .publisher import DEFAULT_DEDUP_WINDOW_S, Publisher
+from .publisher import DEFAULT_DEDUP_WINDOW_S, Publisher, raw_item
+from .schemas import Event
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +146,52 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) ->
     finally:
         for w in waiters:
             w.cancel()
+
+
+@dataclass
+class OutboxTx:
+    """An open transaction: its connection, and the events it commits with its state."""
+
+    conn: Conn
+    publisher: Publisher
+    correlation_id: str | None = None
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    def emit(self, events: Sequence[Event]) -> list[Envelope]:
+        """Queue events; they reach the outbox in this transaction (nothing if it rolls back)."""
+        new = [self.publisher.envelope(e, correlation_id=self.correlation_id) for e in events]
+        self.envelopes += new
+        return new
+
+
+class Outbox:
+    """A decision service's writes: state and events in one transaction, then published at once.
+
+    The relay remains the guarantee; publishing straight after the commit (deduplicated by envelope
+    id, so the relay's later copy is absorbed) lets other services see a new credential or device
+    before the caller does, and a Redis outage only falls back to the relay.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, *, producer: str, stream: str) -> None:
+        self.pool, self.stream = pool, stream
+        self.publisher = Publisher(redis, producer=producer)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, correlation_id: str | None = None) -> AsyncIterator[OutboxTx]:
+        """Yield a transaction; its emitted events are enqueued at commit and published after it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            tx = OutboxTx(conn, self.publisher, correlation_id)
+            yield tx
+            await enqueue(conn, [(self.stream, env) for env in tx.envelopes])
+        await self.publish_now(tx.envelopes)
+
+    async def publish_now(self, envelopes: Sequence[Envelope]) -> None:
+        """XADD committed envelopes now; on a Redis error the relay delivers them later."""
+        if not envelopes:
+            return
+        try:
+            await self.publisher.publish_once(self.stream, [raw_item(e) for e in envelopes])
+        except RedisError as exc:
+            log.warning(
+                "publishing %d events now failed, the relay will: %s", len(envelopes), type(exc).__name__
+            )

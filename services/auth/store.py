@@ -6,18 +6,14 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from libs.events.envelope import Envelope, new_envelope
-from libs.events.outbox import enqueue
+from libs.events.outbox import Outbox, OutboxTx
 from libs.events.pg import Conn
-from libs.events.publisher import Publisher, raw_item
 from libs.events.schemas import Event
 from libs.events.schemas import auth as A
 
@@ -26,51 +22,20 @@ from .domain import AuditEntry, Member, Workspace
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Tx:
-    """An open transaction: its connection and the events it will publish once committed."""
-
-    conn: Conn
-    correlation_id: str | None = None
-    envelopes: list[Envelope] = field(default_factory=list)
-
-    def emit(self, events: Sequence[Event]) -> None:
-        """Queue events (written to the outbox in this transaction)."""
-        self.envelopes += [
-            new_envelope(e, producer="auth", correlation_id=self.correlation_id) for e in events
-        ]
+Tx = OutboxTx
 
 
-class Store:
+class Store(Outbox):
     """Transactions whose events go to the outbox at commit and straight to the stream after it."""
 
     def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, stream: str) -> None:
-        self.pool, self.stream = pool, stream
-        self._publisher = Publisher(redis, producer="auth")
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, correlation_id: str | None = None) -> AsyncIterator[Tx]:
-        """State and outbox rows in one transaction; then a best-effort fast publish."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            tx = Tx(conn, correlation_id)
-            yield tx
-            await enqueue(conn, [(self.stream, env) for env in tx.envelopes])
-        await self.publish_now(tx.envelopes)
+        super().__init__(pool, redis, producer="auth", stream=stream)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[Conn]:
         """A connection for queries."""
         async with self.pool.acquire() as conn:
             yield conn
-
-    async def publish_now(self, envelopes: Sequence[Envelope]) -> None:
-        """XADD committed envelopes at once (the relay skips them by envelope id); errors are left to it."""
-        if not envelopes:
-            return
-        try:
-            await self._publisher.publish_once(self.stream, [raw_item(e) for e in envelopes])
-        except RedisError as exc:
-            log.warning("fast publish failed, the outbox relay will deliver: %s", type(exc).__name__)
 
 
 # ---- operators and workspaces ------------------------------------------------------------------

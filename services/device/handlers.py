@@ -10,14 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from redis.exceptions import RedisError
 
-from libs.events.envelope import Envelope
 from libs.events.identity import new_secret, secret_hash
-from libs.events.outbox import enqueue
-from libs.events.pg import Conn
-from libs.events.publisher import Publisher, raw_item
-from libs.events.schemas import Event
+from libs.events.outbox import Outbox
 from libs.events.schemas.device import InitialCredential
 from libs.events.service import ServiceHost
 
@@ -74,7 +69,7 @@ class Registry:
 
     def __init__(self, host: ServiceHost) -> None:
         self.host = host
-        self._publisher: Publisher | None = None
+        self._outbox: Outbox | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -87,26 +82,13 @@ class Registry:
         """The prefixed ``events:device`` stream."""
         return self.host.stream(STREAM)
 
-    def publisher(self) -> Publisher:
-        """The fast-path publisher (created on first use)."""
-        if self._publisher is None:
+    @property
+    def outbox(self) -> Outbox:
+        """State and events in one transaction, published at once after the commit."""
+        if self._outbox is None:
             assert self.host.redis is not None
-            self._publisher = Publisher(self.host.redis, producer="device")
-        return self._publisher
-
-    async def _enqueue(self, conn: Conn, events: list[Event]) -> list[Envelope]:
-        envs = [self.publisher().envelope(e) for e in events]
-        await enqueue(conn, [(self.stream, env) for env in envs])
-        return envs
-
-    async def _publish(self, envs: list[Envelope]) -> None:
-        """Best effort after commit, so verifiers see new credentials at once; the relay dedups."""
-        if not envs:
-            return
-        try:
-            await self.publisher().publish_once(self.stream, [raw_item(e) for e in envs])
-        except RedisError as exc:
-            log.warning("fast publish of %d device events failed (the relay will retry): %s", len(envs), exc)
+            self._outbox = Outbox(self.pool, self.host.redis, producer="device", stream=self.stream)
+        return self._outbox
 
     async def register(
         self, workspace_id: str, by: str, spec: NewDeviceSpec
@@ -128,21 +110,22 @@ class Registry:
             ip_address=spec.ip_address,
         )
         creds, secrets = mint(spec.kinds)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.outbox.transaction() as tx:
+            conn = tx.conn
             if spec.site_id is not None:
                 check_site(spec.site_id, await store.get_site(conn, spec.site_id), workspace_id)
             taken = await store.device_id_taken(conn, device.device_id)
             events = decide_register(device, taken=taken, credentials=creds, by=by)
             if not await store.insert_device(conn, device):  # a concurrent registration won
                 decide_register(device, taken=True, credentials=creds, by=by)  # raises the conflict
-            envs = await self._enqueue(conn, events)
-        await self._publish(envs)
+            tx.emit(events)
         log.info("device %s registered in workspace %s by %s", device.device_id, workspace_id, by)
         return device, secrets
 
     async def update(self, workspace_id: str, device_id: str, fields: dict[str, Any], by: str) -> Device:
         """Change registry fields of a device (only real changes become an event)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.outbox.transaction() as tx:
+            conn = tx.conn
             device = await store.get_device(conn, workspace_id, device_id, lock=True)
             if device is None:
                 raise not_found(device_id)
@@ -152,20 +135,18 @@ class Registry:
             updated, events = decide_update(device, fields, by=by, now=datetime.now(UTC))
             if events:
                 await store.update_device(conn, updated)
-            envs = await self._enqueue(conn, events)
-        await self._publish(envs)
+            tx.emit(events)
         return updated
 
     async def delete(self, workspace_id: str, device_id: str, by: str) -> None:
         """Remove a device; its id stays reserved."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            device = await store.get_device(conn, workspace_id, device_id, lock=True)
+        async with self.outbox.transaction() as tx:
+            device = await store.get_device(tx.conn, workspace_id, device_id, lock=True)
             if device is None:
                 raise not_found(device_id)
             events = decide_delete(device, by=by)
-            await store.delete_device(conn, device_id, datetime.now(UTC))
-            envs = await self._enqueue(conn, events)
-        await self._publish(envs)
+            await store.delete_device(tx.conn, device_id, datetime.now(UTC))
+            tx.emit(events)
         log.info("device %s deleted from workspace %s by %s", device_id, workspace_id, by)
 
     async def device(self, workspace_id: str, device_id: str) -> Device:
@@ -185,13 +166,12 @@ class Registry:
 
     async def create_site(self, site: Site, by: str) -> Site:
         """Create a site (ids are global: another workspace's id is a conflict too)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            taken = await store.get_site(conn, site.site_id) is not None
+        async with self.outbox.transaction() as tx:
+            taken = await store.get_site(tx.conn, site.site_id) is not None
             events = decide_create_site(site, taken=taken, by=by)
-            if not await store.insert_site(conn, site):  # a concurrent creation won
+            if not await store.insert_site(tx.conn, site):  # a concurrent creation won
                 decide_create_site(site, taken=True, by=by)  # raises the conflict
-            envs = await self._enqueue(conn, events)
-        await self._publish(envs)
+            tx.emit(events)
         return site
 
     async def site(self, workspace_id: str | None, site_id: str) -> Site:
