@@ -126,3 +126,40 @@ async def test_redis_outage_delays_but_loses_nothing(pool, redis_server, prefix,
     assert set(counts) == set(written)
     assert max(counts.values()) == 1
     assert await pool.fetchval("SELECT count(*) FROM devices") == 320
+
+
+async def test_outbox_transaction_publishes_at_once_and_the_relay_adds_no_copy(pool, r, prefix, schema):
+    from libs.events.outbox import Outbox
+
+    stream = f"{prefix}events:device"
+    await make_table(pool)
+    outbox = Outbox(pool, r, producer="device", stream=stream)
+    async with outbox.transaction() as tx:
+        await tx.conn.execute("INSERT INTO devices (id) VALUES ('fast')")
+        [env] = tx.emit([event(1)])
+    assert list(await stream_ids(r, stream)) == [env.id]  # visible before any relay ran
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1  # the guarantee stays queued
+    assert await OutboxRelay(pool, r, schema=schema).drain() == 1
+    assert await stream_ids(r, stream) == Counter([env.id])  # the relay's copy was absorbed
+    with contextlib.suppress(RuntimeError):
+        async with outbox.transaction() as tx:
+            tx.emit([event(2)])
+            raise RuntimeError("rolled back")
+    assert await r.xlen(stream) == 1 and await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_outbox_transaction_commits_while_redis_is_down(pool, redis_server, prefix, schema):
+    from libs.events.outbox import Outbox
+
+    stream = f"{prefix}events:device"
+    await make_table(pool)
+    r = aioredis.Redis.from_url(redis_server.url, socket_connect_timeout=0.5)
+    redis_server.stop()
+    async with Outbox(pool, r, producer="device", stream=stream).transaction() as tx:
+        await tx.conn.execute("INSERT INTO devices (id) VALUES ('offline')")
+        [env] = tx.emit([event(3)])
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    redis_server.start()
+    assert await OutboxRelay(pool, r, schema=schema).drain() == 1
+    assert list(await stream_ids(r, stream)) == [env.id]
+    await r.aclose()
