@@ -102,8 +102,10 @@ async def _login(client: httpx.AsyncClient, state: dict[str, Any]) -> str:
 
 async def _site(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
     resp = await client.post("/api/v1/sites", json={"site_id": SITE_ID, "name": "Demo site"}, headers=headers)
-    if resp.status_code not in (201, 409):
-        raise SeedError(f"creating {SITE_ID} failed: {resp.status_code} {resp.text[:200]}")
+    if resp.status_code == 409:  # created by an earlier, interrupted seed: it must be this workspace's
+        resp = await client.get(f"/api/v1/sites/{SITE_ID}", headers=headers)
+    if resp.status_code not in (200, 201):
+        raise SeedError(f"{SITE_ID} is not the demo workspace's: {resp.status_code} {resp.text[:200]}")
 
 
 async def _device(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, str]:

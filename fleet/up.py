@@ -146,11 +146,13 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 async def announce_demo(url: str, data: Path) -> None:
     """Seed the demo workspace (once) and print how to log in; failures are reported, not fatal."""
+    import httpx
+
     from .demo import SeedError, describe, seed
 
     try:
         demo = await seed(url, data)
-    except (SeedError, OSError, ValueError) as exc:
+    except (SeedError, OSError, ValueError, KeyError, httpx.HTTPError) as exc:
         print(f"demo: not seeded: {exc}", flush=True)
         return
     print(describe(demo, data / "demo.json"), flush=True)

@@ -86,7 +86,10 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and not declared.isdigit():
+            await error_response(400, "BAD_REQUEST", "invalid Content-Length")(scope, receive, send)
+            return
+        if declared is not None and int(declared) > self.max_bytes:
             await _too_large(scope, receive, send, self.max_bytes)
             return
         seen = 0
@@ -154,7 +157,7 @@ class Identity:
             raise ApiError(401, "UNAUTHORIZED", "missing, invalid or expired token") from None
         if claims.typ != "operator":
             raise ApiError(401, "UNAUTHORIZED", "missing, invalid or expired token")
-        wanted = request.headers.get("x-workspace-id")
+        wanted = request.headers.get("x-workspace-id", "").strip() or None
         if wanted is None and workspace_required:
             raise ApiError(400, "WORKSPACE_REQUIRED", "X-Workspace-ID header is required")
         workspace = wanted or claims.ws
@@ -211,7 +214,8 @@ async def json_body(request: Request) -> Any:
         raise ApiError(400, "BAD_REQUEST", "a JSON body is required")
     try:
         return msgspec.json.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):  # e.g. 1e999, bad UTF-8
+    # ValidationError: 1e999; UnicodeDecodeError: bad UTF-8; RecursionError: nesting too deep
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "BAD_REQUEST", "the body is not valid JSON") from None
 
 

@@ -21,7 +21,7 @@ from .schemas import auth as A
 from .schemas import device as D
 
 TOKEN_VERSION = "fs1"  # noqa: S105 - a format tag, not a secret
-MAX_TOKEN_LENGTH = 4096
+MAX_TOKEN_LENGTH = 8192  # an operator token lists its workspaces: ~120 fit
 SECRET_KINDS = ("secret", "api_key", "token")
 
 
@@ -137,13 +137,22 @@ class IdentityIndex:
     devices: dict[str, str] = field(default_factory=dict)
     open_enrolment: dict[str, bool] = field(default_factory=dict)
     applied: int = 0
+    # when each last-writer-wins flag was last set (stream order may differ from commit order)
+    flag_times: dict[str, float] = field(default_factory=dict)
 
-    def apply(self, event: Event) -> None:
-        """Fold one event in (idempotent: applying an event twice changes nothing)."""
+    def apply(self, event: Event, at: float | None = None) -> None:
+        """Fold one event in; ``at`` (its occurred_at) orders flags that a later event may reset."""
         handler = _APPLY.get(type(event))
         if handler is not None:
-            handler(self, event)
+            handler(self, event, float("inf") if at is None else at)
             self.applied += 1
+
+    def newer(self, key: str, at: float) -> bool:
+        """Whether a flag change at ``at`` is newer than the last one applied to ``key``."""
+        if at < self.flag_times.get(key, float("-inf")):
+            return False
+        self.flag_times[key] = at
+        return True
 
     def match(self, secret: str, kind: str, device_id: str | None = None) -> Credential | None:
         """The unrevoked credential of this kind (and device) matching ``secret``, disabled or not.
@@ -203,42 +212,43 @@ def _issued(ix: IdentityIndex, cred: Credential) -> None:
     ix.by_id[cred.credential_id] = cred
 
 
-def _on_credential_issued(ix: IdentityIndex, e: A.CredentialIssued) -> None:
+def _on_credential_issued(ix: IdentityIndex, e: A.CredentialIssued, _at: float) -> None:
     _issued(ix, Credential(e.credential_id, e.device_id, e.workspace_id, e.kind, e.secret_sha256))
     if e.replaces:
         ix.revoked_credentials.add(e.replaces)
 
 
-def _on_credential_revoked(ix: IdentityIndex, e: A.CredentialRevoked) -> None:
+def _on_credential_revoked(ix: IdentityIndex, e: A.CredentialRevoked, _at: float) -> None:
     ix.revoked_credentials.add(e.credential_id)
 
 
-def _on_registered(ix: IdentityIndex, e: D.DeviceRegistered) -> None:
+def _on_registered(ix: IdentityIndex, e: D.DeviceRegistered, _at: float) -> None:
+    if e.device_id in ix.deleted_devices:
+        return  # ids are never reused: a registration seen after its deletion changes nothing
     ix.devices[e.device_id] = e.workspace_id
     for c in e.credentials:
         _issued(ix, Credential(c.credential_id, e.device_id, e.workspace_id, c.kind, c.secret_sha256))
-    ix.deleted_devices.discard(e.device_id)
 
 
-def _on_updated(ix: IdentityIndex, e: D.DeviceUpdated) -> None:
-    if "disabled" in e.changes:
+def _on_updated(ix: IdentityIndex, e: D.DeviceUpdated, at: float) -> None:
+    if "disabled" in e.changes and ix.newer(f"disabled:{e.device_id}", at):
         (ix.disabled_devices.add if e.changes["disabled"] else ix.disabled_devices.discard)(e.device_id)
 
 
-def _on_deleted(ix: IdentityIndex, e: D.DeviceDeleted) -> None:
+def _on_deleted(ix: IdentityIndex, e: D.DeviceDeleted, _at: float) -> None:
     ix.deleted_devices.add(e.device_id)
     # its credentials die with it, so a later device of the same id can never revive them
     ix.revoked_credentials.update(c.credential_id for c in ix.by_id.values() if c.device_id == e.device_id)
     ix.devices.pop(e.device_id, None)
 
 
-def _on_workspace(ix: IdentityIndex, e: A.WorkspaceCreated | A.WorkspaceUpdated) -> None:
+def _on_workspace(ix: IdentityIndex, e: A.WorkspaceCreated | A.WorkspaceUpdated, at: float) -> None:
     flag = e.open_enrolment if isinstance(e, A.WorkspaceCreated) else e.changes.get("open_enrolment")
-    if isinstance(flag, bool):
+    if isinstance(flag, bool) and ix.newer(f"enrolment:{e.workspace_id}", at):
         ix.open_enrolment[e.workspace_id] = flag
 
 
-def _on_logged_out(ix: IdentityIndex, e: A.OperatorLoggedOut) -> None:
+def _on_logged_out(ix: IdentityIndex, e: A.OperatorLoggedOut, _at: float) -> None:
     ix.revoked_sessions[e.session_id] = e.expires_at.timestamp()
 
 
@@ -246,13 +256,13 @@ def _revoke_before(ix: IdentityIndex, subject: str, at: float) -> None:
     ix.revoked_before[subject] = max(at, ix.revoked_before.get(subject, float("-inf")))
 
 
-_APPLY: dict[type[Event], Callable[[IdentityIndex, Any], None]] = {
+_APPLY: dict[type[Event], Callable[[IdentityIndex, Any, float], None]] = {
     A.CredentialIssued: _on_credential_issued,
     A.CredentialRevoked: _on_credential_revoked,
     A.OperatorLoggedOut: _on_logged_out,
-    A.PasswordChanged: lambda ix, e: _revoke_before(ix, e.operator_id, e.at.timestamp()),
-    A.OperatorRemoved: lambda ix, e: _revoke_before(ix, e.operator_id, e.at.timestamp()),
-    A.OperatorRoleChanged: lambda ix, e: _revoke_before(ix, e.operator_id, e.at.timestamp()),
+    A.PasswordChanged: lambda ix, e, _at: _revoke_before(ix, e.operator_id, e.at.timestamp()),
+    A.OperatorRemoved: lambda ix, e, _at: _revoke_before(ix, e.operator_id, e.at.timestamp()),
+    A.OperatorRoleChanged: lambda ix, e, _at: _revoke_before(ix, e.operator_id, e.at.timestamp()),
     A.WorkspaceCreated: _on_workspace,
     A.WorkspaceUpdated: _on_workspace,
     D.DeviceRegistered: _on_registered,

@@ -61,7 +61,7 @@ class IdentityFeed:
         self.registry = registry
         self.block_ms = block_ms
         self.ready = asyncio.Event()
-        self._catching_up: asyncio.Future[None] | None = None
+        self._drain_lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Read every stream from its start (call before serving)."""
@@ -70,7 +70,7 @@ class IdentityFeed:
         self.ready.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the streams until ``stop``; Redis errors are retried."""
+        """Follow the streams until ``stop``; errors are logged and retried, never fatal."""
         backoff = 0.1
         while not stop.is_set():
             try:
@@ -79,22 +79,24 @@ class IdentityFeed:
                 await self._read(block=self.block_ms)
                 self.index.prune(time.time())
                 backoff = 0.1
-            except RedisError as exc:
-                log.warning("identity feed paused: %s", exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a dead follower would silently stop revocations
+                log.error("identity feed paused: %s", exc, exc_info=not isinstance(exc, RedisError))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
 
     async def catch_up(self) -> None:
-        """Read whatever is already in the streams (no waiting); concurrent callers share one read."""
-        if self._catching_up is None or self._catching_up.done():
-            self._catching_up = asyncio.ensure_future(self._drain())
-        await asyncio.shield(self._catching_up)
+        """Read whatever is in the streams now (no waiting).
 
-    async def _drain(self) -> None:
-        with contextlib.suppress(RedisError):
-            while await self._read(block=None):
-                pass
+        Drains are serialized: a caller never settles for a drain that began before its call, so a
+        credential published before the call is always seen.
+        """
+        async with self._drain_lock:
+            with contextlib.suppress(RedisError):
+                while await self._read(block=None):
+                    pass
 
     async def _read(self, *, block: int | None) -> int:
         reply: Any = await self._redis.xread(self.cursors, count=1000, block=block)  # type: ignore[arg-type]
@@ -103,8 +105,10 @@ class IdentityFeed:
             name = stream.decode() if isinstance(stream, bytes) else stream
             for entry_id, fields in entries:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                if _after(eid, self.cursors[name]):
-                    self.cursors[name] = eid
+                # The follower and catch_up read concurrently: apply each entry once, in order.
+                if not _after(eid, self.cursors[name]):
+                    continue
+                self.cursors[name] = eid
                 n += 1
                 if fields.get(b"type") in WANTED:
                     self._apply(fields)
@@ -112,9 +116,12 @@ class IdentityFeed:
 
     def _apply(self, fields: dict[bytes, bytes]) -> None:
         try:
-            self.index.apply(decode_event(decode_entry(fields), self.registry))
+            envelope = decode_entry(fields)
+            self.index.apply(decode_event(envelope, self.registry), at=envelope.occurred_at.timestamp())
         except (UndecodableEntry, UnknownEventType) as exc:
             log.warning("identity feed skipped an entry: %s", exc)
+        except Exception:  # one bad entry must not stop the feed
+            log.exception("identity feed could not apply an entry")
 
 
 def _after(a: str, b: str) -> bool:

@@ -87,7 +87,8 @@ async def parse(request: Request, cls: type[T]) -> T:
         return msgspec.json.decode(raw, type=cls)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "VALIDATION_ERROR", str(exc)) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec lets invalid UTF-8 through as the latter
+    # msgspec lets invalid UTF-8 through as UnicodeDecodeError; deep nesting raises RecursionError
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "BAD_REQUEST", "the body is not valid JSON") from None
 
 

@@ -20,7 +20,7 @@ from libs.events.schemas.device import (
     SiteCreated,
 )
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z"  # \Z: "$" would admit a trailing newline
 TYPE_PATTERN = r"^[a-z0-9_]{1,32}$"
 _ID_RE = re.compile(ID_PATTERN)
 MAX_METADATA_BYTES = 16_384

@@ -18,8 +18,9 @@ async def wait_audit(env: Env, headers: dict[str, str], n: int, **params: Any) -
     while True:
         resp = await env.client.get("/api/v1/audit", headers=headers, params=params)
         assert resp.status_code == 200
-        if len(resp.json()) >= n or time.monotonic() > deadline:
+        if len(resp.json()) >= n:
             return list(resp.json())
+        assert time.monotonic() < deadline, f"audit has {len(resp.json())} entries, waited for {n}"
         await asyncio.sleep(0.05)
 
 

@@ -10,7 +10,12 @@ import pytest
 from .conftest import World, uid
 
 MALFORMED = [b"", b"{", b"not json", b"[]", b"null", b"123", b'"text"', b"\xff\xfe\x00", b'{"name": 1e999}']
-MALFORMED += [b'{"name": "\\ud800"}', b'{"name": "a"', b"{" * 10_000]
+MALFORMED += [
+    b'{"name": "\\ud800"}',
+    b'{"name": "a"',
+    b"{" * 10_000,
+    b'{"z": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+]
 
 
 def bad_bodies(required: dict) -> list[object]:
@@ -38,6 +43,7 @@ EXTRA_BAD = {
         {"metadata": []},
         {"metadata": "x"},
         {"metadata": {"deep": json.loads("[" * 40 + "]" * 40)}},
+        {"metadata": {"deep": json.loads("[" * 900 + "]" * 900)}},
         {"metadata": {"blob": "x" * 20_000}},
         {"metadata": {"k": "nul\x00"}},
         {"metadata": {"nul\x00key": 1}},

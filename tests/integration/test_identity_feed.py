@@ -37,7 +37,6 @@ async def test_revocation_reaches_every_feed_within_a_second(r, prefix):
         assert f.index.credential(secret, "api_key", "d1") is not None
     tasks = [asyncio.create_task(f.run(stop)) for f in feeds]
     try:
-        await asyncio.sleep(0.05)
         started = time.monotonic()
         await pub.publish(
             streams[0],
@@ -69,3 +68,23 @@ async def test_a_miss_catches_up_without_waiting_for_the_follower(r, prefix):
     assert feed.index.credential(secret, "token") is None  # nobody is following
     await asyncio.gather(*(feed.catch_up() for _ in range(5)))  # concurrent callers share one read
     assert feed.index.credential(secret, "token") is not None
+
+
+async def test_follower_and_catch_up_reading_together_apply_each_entry_once_in_order(r, prefix):
+    streams = [f"{prefix}events:auth", f"{prefix}events:device"]
+    feed = IdentityFeed(r, streams, block_ms=50)
+    await feed.load()
+    stop = asyncio.Event()
+    follower = asyncio.create_task(feed.run(stop))
+    pub = Publisher(r, producer="test")
+    try:
+        for i in range(30):  # toggles interleaved with catch-ups racing the follower
+            await pub.publish(
+                streams[0], A.WorkspaceUpdated(workspace_id="w", changes={"open_enrolment": i % 2 == 0})
+            )
+            await asyncio.gather(feed.catch_up(), feed.catch_up())
+        await eventually(lambda: feed.index.applied == 30)
+        assert feed.index.open_enrolment == {"w": False}  # the last toggle (i = 29) wins
+    finally:
+        stop.set()
+        await follower

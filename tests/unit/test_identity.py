@@ -150,3 +150,20 @@ def test_deleted_devices_and_open_enrolment() -> None:
     assert ix.credential("s", "api_key") is None and "d1" not in ix.devices
     with pytest.raises(TokenError):
         ix.check(claims())
+
+
+def test_flags_follow_occurrence_not_stream_order() -> None:
+    ix = IdentityIndex()
+    ix.apply(D.DeviceUpdated(device_id="d1", workspace_id="w1", changes={"disabled": True}), at=20.0)
+    ix.apply(D.DeviceUpdated(device_id="d1", workspace_id="w1", changes={"disabled": False}), at=10.0)
+    assert "d1" in ix.disabled_devices  # the older "enable" arrived late and changes nothing
+    ix.apply(A.WorkspaceUpdated(workspace_id="w1", changes={"open_enrolment": False}), at=30.0)
+    ix.apply(A.WorkspaceCreated(workspace_id="w1", name="a", open_enrolment=True), at=5.0)
+    assert ix.open_enrolment == {"w1": False}
+
+
+def test_a_registration_seen_after_its_deletion_revives_nothing() -> None:
+    ix = IdentityIndex()
+    ix.apply(D.DeviceDeleted(device_id="d1", workspace_id="w1"))
+    ix.apply(registered("s"))
+    assert ix.credential("s", "api_key") is None and "d1" not in ix.devices
