@@ -110,14 +110,24 @@ async def set_password_hash(
     )
 
 
-async def memberships_of(conn: Conn, operator_id: str) -> list[asyncpg.Record]:
-    """``workspace_id, name, role, open_enrolment, created_at`` of each membership, oldest first."""
+async def memberships_of(conn: Conn, operator_id: str, *, share: bool = False) -> list[asyncpg.Record]:
+    """``workspace_id, name, role, open_enrolment, created_at`` of each membership, oldest first.
+
+    ``share`` locks the membership rows until commit, so a role change waits for the session
+    being opened (and then revokes it) instead of racing it.
+    """
     return await conn.fetch(
         "SELECT w.id::text AS workspace_id, w.name, m.role, w.open_enrolment, w.created_at "
         "FROM memberships m JOIN workspaces w ON w.id = m.workspace_id "
-        "WHERE m.operator_id = $1 ORDER BY m.created_at, w.id",
+        "WHERE m.operator_id = $1 ORDER BY m.created_at, w.id" + (" FOR SHARE OF m" if share else ""),
         operator_id,
     )
+
+
+async def password_hash_shared(conn: Conn, operator_id: str) -> str | None:
+    """The operator's password hash, row locked against a concurrent change until commit."""
+    value = await conn.fetchval("SELECT password_hash FROM operators WHERE id = $1 FOR SHARE", operator_id)
+    return None if value is None else str(value)
 
 
 async def workspace(conn: Conn, workspace_id: str, *, lock: bool = False) -> Workspace | None:

@@ -187,3 +187,22 @@ async def test_password_change_is_rate_limited_before_hashing(env: Env):
     )
     assert resp.status_code == 429 and "Retry-After" in resp.headers
     assert env.passwords.calls == before
+
+
+async def test_a_password_changed_while_logging_in_refuses_the_old_one(env: Env):
+    """The race: the old password verifies, then a change commits before the session is opened."""
+    boot = await env.bootstrap()
+    real_verify = env.passwords.verify
+
+    async def verify_then_change(password_hash: str, password: str) -> bool:
+        ok = await real_verify(password_hash, password)
+        await env.pool.execute(  # a concurrent password change commits in between
+            "UPDATE operators SET password_hash = 'changed-elsewhere' WHERE id = $1::uuid",
+            boot["operator_id"],
+        )
+        return ok
+
+    env.passwords.verify = verify_then_change  # type: ignore[method-assign]
+    resp = await env.client.post("/api/v1/auth/login", json={"email": boot["email"], "password": PASSWORD})
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "INVALID_CREDENTIALS"

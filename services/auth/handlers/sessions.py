@@ -67,14 +67,19 @@ async def login(
     rehash = (
         await auth.passwords.hash(password) if auth.passwords.needs_rehash(row["password_hash"]) else None
     )
-    return await _open_session(auth, row["id"], workspace_id, client, rehash)
+    return await _open_session(auth, row["id"], row["password_hash"], workspace_id, client, rehash)
 
 
 async def _open_session(
-    auth: Auth, operator_id: str, requested: str | None, client: str, rehash: str | None
+    auth: Auth, operator_id: str, verified: str, requested: str | None, client: str, rehash: str | None
 ) -> dict[str, Any]:
     async with auth.transaction() as tx:
-        roles = {m["workspace_id"]: m["role"] for m in await db.memberships_of(tx.conn, operator_id)}
+        # A password change committed since the hash was verified wins: its revocation time would
+        # come before this session's iat and not cover it.
+        if await db.password_hash_shared(tx.conn, operator_id) != verified:
+            raise d.Unauthorized("INVALID_CREDENTIALS", "wrong email or password")
+        memberships = await db.memberships_of(tx.conn, operator_id, share=True)
+        roles = {m["workspace_id"]: m["role"] for m in memberships}
         ws, role = d.choose_workspace(roles, requested)
         now, ttl = time.time(), auth.settings.operator_session_ttl_s
         claims = d.operator_claims(
@@ -147,8 +152,10 @@ async def change_password(auth: Auth, op: Operator, current: str, new: str) -> N
     if row is None or not await auth.passwords.verify(row["password_hash"], current):
         raise d.Forbidden("INVALID_CREDENTIALS", "the current password is wrong")
     await auth.limits.reset(auth.limits.password, op.operator_id)
-    new_hash, now = await auth.passwords.hash(new), now_utc()
+    new_hash = await auth.passwords.hash(new)
     async with auth.transaction() as tx:
+        await db.operator_by_id(tx.conn, op.operator_id, lock=True)  # waits for sessions being opened
+        now = now_utc()  # so the revocation time follows every session opened with the old password
         await db.set_password_hash(tx.conn, op.operator_id, new_hash, now)
         tx.emit(
             [
