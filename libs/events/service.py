@@ -14,9 +14,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -39,6 +40,9 @@ from .tracing import configure_tracing
 log = logging.getLogger(__name__)
 
 
+Task = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """What a service is: its name (= Postgres schema and env prefix), routes and subscriptions."""
@@ -52,6 +56,10 @@ class ServiceSpec:
     relay: bool = False
     retention: RetentionPolicy | None = None
     identity: bool = False
+    # Long-running tasks beyond the consumers: `background` runs in every process that starts the
+    # host (API, worker, launcher); `workers` only where the worker runs (e.g. a sweeper).
+    background: Callable[[ServiceHost], Sequence[Task]] = lambda host: ()
+    workers: Callable[[ServiceHost], Sequence[Task]] = lambda host: ()
 
     @property
     def schema(self) -> str:
@@ -111,6 +119,8 @@ class ServiceHost:
                 log.info("%s: applied migrations %s", self.spec.name, ", ".join(applied))
         if self.spec.identity:
             await self._start_identity()
+        for task in self.spec.background(self):
+            self._background.append(asyncio.create_task(task(self._stop)))
 
     async def _start_identity(self) -> None:
         """Load the credential and revocation index, then follow it in the background."""
@@ -125,9 +135,11 @@ class ServiceHost:
     async def stop(self) -> None:
         """Stop background tasks and close connections."""
         self._stop.set()
-        for task in self._background:
-            task.cancel()  # do not wait out a blocking read; a swallowed cancel still ends within it
         if self._background:
+            # a moment to finish on their own, then no waiting out a blocking read
+            _done, late = await asyncio.wait(self._background, timeout=0.2)
+            for task in late:
+                task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
@@ -199,6 +211,7 @@ class ServiceHost:
             )
             self.runners.append(runner)
             tasks.append(asyncio.create_task(runner.run(), name=f"{sub.stream}/{sub.group}"))
+        tasks += [asyncio.create_task(task(stop)) for task in self.spec.workers(self)]
         if self.spec.retention is not None:
             policy = RetentionPolicy(
                 prefix=s.stream_prefix,

@@ -79,3 +79,35 @@ async def test_migrations_apply_once_even_concurrently(database_url, tmp_path):
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_background_and_worker_tasks_run_until_stop(database_url):
+    import asyncio
+
+    ran: list[str] = []
+
+    def task(label: str):
+        async def run(stop: asyncio.Event) -> None:
+            ran.append(f"{label} started")
+            await stop.wait()
+            ran.append(f"{label} stopped")
+
+        return run
+
+    name = f"svc_{uuid.uuid4().hex[:8]}"
+    spec = ServiceSpec(
+        name=name,
+        settings_cls=ServiceSettings,
+        background=lambda h: [task("bg")],
+        workers=lambda h: [task("worker")],
+    )
+    host = ServiceHost(spec, ServiceSettings(redis_url=REDIS_URL, database_url=database_url))
+    await host.start()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(host.run_worker(stop))
+    await asyncio.sleep(0.05)
+    assert sorted(ran) == ["bg started", "worker started"]
+    stop.set()
+    await worker
+    await host.stop()
+    assert sorted(ran) == ["bg started", "bg stopped", "worker started", "worker stopped"]
