@@ -9,3 +9,12 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     """Telemetry settings; shared ones (``REDIS_URL``, ``DATABASE_URL``...) may come unprefixed."""
 
     port: int = 8002
+    # the interval devices are told to adopt (``nextHeartbeat``, ms)
+    heartbeat_interval_ms: int = 30_000
+    # ingestion bodies above this are 413 (the app-wide limit is larger)
+    ingest_max_body_bytes: int = 100_000
+    # how long a device's latest metrics stay cached after its last heartbeat
+    latest_ttl_s: int = 300
+    # stream appends shared by concurrent requests
+    batch_max: int = 500
+    batch_max_delay_s: float = 0.002

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from libs.events.retention import RetentionPolicy
-from libs.events.service import ServiceSpec
+from libs.events.service import ServiceHost, ServiceSpec, Task
 
+from .api import routers
 from .config import Settings
+from .handlers import run_ingest
+
+
+def background(host: ServiceHost) -> list[Task]:
+    """The batching publisher runs beside the API in every process that serves it."""
+
+    async def run(stop: asyncio.Event) -> None:
+        await run_ingest(host, stop)
+
+    return [run]
+
 
 SPEC = ServiceSpec(
     name="telemetry",
     settings_cls=Settings,
     migrations_dir=Path(__file__).with_name("migrations"),
+    routers=routers,
+    background=background,
+    identity=True,
     # telemetry:* streams are trimmed below what every consumer group has acknowledged.
     retention=RetentionPolicy(interval_s=10.0),
 )

@@ -20,6 +20,10 @@ class HeartbeatReceived(Event, frozen=True, tag="telemetry.heartbeat.v1"):
     sent_at: datetime | None = None
     metrics: dict[str, MetricValue] = {}
     backfill: bool = False
+    # which wire dialect sent it: "s" (session), "k" (API key metrics) or "agent"
+    dialect: str = "s"
+    # metric names whose values were stored as sent but are not plausible readings (dialect S)
+    flags: list[str] = []
 
 
 EVENTS: tuple[type[Event], ...] = (HeartbeatReceived,)

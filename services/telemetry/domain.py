@@ -1,0 +1,205 @@
+"""Heartbeat rules per dialect: what a body must hold, which values are flagged, and the event (pure)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from libs.events.schemas.telemetry import HeartbeatReceived, MetricValue
+
+STATUSES = frozenset({"healthy", "degraded", "online", "offline"})
+MAX_METRICS = 64
+MAX_BATCH = 500
+MAX_TEXT = 1000
+ABSURD = 1e15  # no metric of a device is this large; bigger values are a bug or an attack
+MAX_SEQ = 2**63 - 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
+# Percent-valued metrics by name (dialect S short names, agent and dialect K long names).
+PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
+K_PERCENT = ("cpu_percent", "memory_percent", "disk_percent", "error_rate")
+K_COUNTS = ("transaction_count", "active_connections")
+
+
+class InvalidHeartbeat(ValueError):
+    """A body that is refused (400); ``code`` is machine-readable."""
+
+    def __init__(self, message: str, code: str = "VALIDATION_ERROR") -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A valid heartbeat of any dialect, before it is attributed to a device."""
+
+    status: str
+    metrics: dict[str, MetricValue]
+    dialect: str
+    flags: list[str] = field(default_factory=list)
+    seq: int | None = None
+    sent_at: datetime | None = None
+    backfill: bool = False
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _obj(body: Any, what: str = "body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidHeartbeat(f"{what} must be a JSON object")
+    return body
+
+
+def _name(name: str, where: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InvalidHeartbeat(f"{where}: metric name {name[:40]!r} must match {_NAME_RE.pattern}")
+    return name
+
+
+def _status(body: dict[str, Any], *, required: bool) -> str:
+    status = body.get("status")
+    if status is None and not required:
+        return "online"
+    if not isinstance(status, str) or status not in STATUSES:
+        raise InvalidHeartbeat(f"status must be one of {', '.join(sorted(STATUSES))}")
+    return status
+
+
+def out_of_range(name: str, value: float) -> bool:
+    """Whether a numeric value cannot be a real reading of metric ``name``."""
+    if not math.isfinite(value) or abs(value) >= ABSURD:
+        return True
+    if name in PERCENT or name.endswith("_percent"):
+        return not 0 <= value <= 100
+    return value < 0 and name in {"uptime", "network_latency_ms"}
+
+
+def parse_s(body: Any) -> Beat:
+    """Dialect S: ``status`` required; metric values stored as sent, odd ones flagged."""
+    b = _obj(body)
+    status = _status(b, required=True)
+    raw = b.get("metrics", {})
+    metrics = _obj(raw, "metrics")
+    if len(metrics) > MAX_METRICS:
+        raise InvalidHeartbeat(f"metrics: at most {MAX_METRICS} entries")
+    stored: dict[str, MetricValue] = {}
+    flags: list[str] = []
+    for name, value in metrics.items():
+        _name(name, "metrics")
+        if _is_number(value):
+            stored[name] = value
+            if out_of_range(name, float(value)):
+                flags.append(name)
+        elif isinstance(value, str | bool) or value is None:
+            stored[name] = value[:MAX_TEXT] if isinstance(value, str) else value
+            flags.append(name)
+        else:  # objects and arrays are kept as their JSON text
+            stored[name] = json.dumps(value, separators=(",", ":"))[:MAX_TEXT]
+            flags.append(name)
+    return Beat(status=status, metrics=stored, dialect="s", flags=flags)
+
+
+def _finite(name: str, value: Any, lo: float, hi: float) -> float:
+    if not _is_number(value) or not math.isfinite(float(value)):
+        raise InvalidHeartbeat(f"{name} must be a finite number")
+    if not lo <= value <= hi:
+        raise InvalidHeartbeat(f"{name} must be between {lo:g} and {hi:g}")
+    return value  # type: ignore[no-any-return]
+
+
+def parse_k(body: Any, device_id: str) -> Beat:
+    """Dialect K metrics: strictly typed and ranged; a body for another device is refused."""
+    b = _obj(body)
+    claimed = b.get("device_id")
+    if claimed is not None and not isinstance(claimed, str):
+        raise InvalidHeartbeat("device_id must be a string")
+    if claimed is not None and claimed != device_id:
+        raise InvalidHeartbeat("device_id does not match the authenticated device", "DEVICE_MISMATCH")
+    metrics: dict[str, MetricValue] = {}
+    for name in K_PERCENT:
+        if b.get(name) is not None:
+            metrics[name] = _finite(name, b[name], 0, 100)
+    for name in K_COUNTS:
+        value = b.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
+            raise InvalidHeartbeat(f"{name} must be a non-negative integer")
+        metrics[name] = value
+    if b.get("network_latency_ms") is not None:
+        metrics["network_latency_ms"] = _finite("network_latency_ms", b["network_latency_ms"], 0, 1e7 - 1e-9)
+    if b.get("transaction_volume") is not None:
+        metrics["transaction_volume"] = _finite("transaction_volume", b["transaction_volume"], 0, ABSURD)
+    extra = _obj(b.get("extra_metrics") or {}, "extra_metrics")
+    if len(extra) > MAX_METRICS:
+        raise InvalidHeartbeat(f"extra_metrics: at most {MAX_METRICS} entries")
+    for name, value in extra.items():
+        _name(name, "extra_metrics")
+        if _is_number(value):
+            value = _finite(f"extra_metrics.{name}", value, -ABSURD, ABSURD)
+        elif isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise InvalidHeartbeat(f"extra_metrics.{name}: at most {MAX_TEXT} characters")
+        elif not isinstance(value, bool):
+            raise InvalidHeartbeat(f"extra_metrics.{name} must be a number, string or boolean")
+        metrics[f"extra.{name}"] = value
+    return Beat(status="online", metrics=metrics, dialect="k")
+
+
+def _sent_at(value: Any) -> datetime:
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidHeartbeat("sent_at must be an ISO 8601 time")
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidHeartbeat("sent_at must be an ISO 8601 time") from None
+    if at.year < 2000:
+        raise InvalidHeartbeat("sent_at is before the year 2000")
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def parse_agent(body: Any, *, backfill: bool = False, where: str = "") -> Beat:
+    """The agent protocol: ``seq`` and ``sent_at`` required; metrics are finite, sane numbers."""
+    b = _obj(body, where or "body")
+    seq = b.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        raise InvalidHeartbeat(f"{where}seq must be a non-negative integer")
+    sent_at = _sent_at(b.get("sent_at"))
+    status = _status(b, required=False)
+    metrics = _obj(b.get("metrics", {}), f"{where}metrics")
+    if len(metrics) > MAX_METRICS:
+        raise InvalidHeartbeat(f"{where}metrics: at most {MAX_METRICS} entries")
+    for name, value in metrics.items():
+        _name(name, f"{where}metrics")
+        if not _is_number(value) or out_of_range(name, float(value)):
+            raise InvalidHeartbeat(f"{where}metrics.{name} must be a finite number in range")
+    return Beat(status, dict(metrics), "agent", seq=seq, sent_at=sent_at, backfill=backfill)
+
+
+def parse_agent_batch(body: Any) -> list[Beat]:
+    """A backfill batch ``{heartbeats: [...]}`` of 1..500 agent heartbeats; one bad item refuses all."""
+    items = _obj(body).get("heartbeats")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise InvalidHeartbeat(f"heartbeats must be a list of 1 to {MAX_BATCH} heartbeats")
+    return [parse_agent(item, backfill=True, where=f"heartbeats[{i}].") for i, item in enumerate(items)]
+
+
+def heartbeat_event(beat: Beat, device_id: str, workspace_id: str, *, now: datetime) -> HeartbeatReceived:
+    """The fact to publish for an accepted heartbeat."""
+    return HeartbeatReceived(
+        device_id=device_id,
+        workspace_id=workspace_id,
+        received_at=now,
+        status=beat.status,
+        seq=beat.seq,
+        sent_at=beat.sent_at,
+        metrics=beat.metrics,
+        backfill=beat.backfill,
+        dialect=beat.dialect,
+        flags=beat.flags,
+    )

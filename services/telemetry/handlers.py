@@ -1,0 +1,88 @@
+"""Use-cases of telemetry: accept a heartbeat (append it, with others, to the stream) and read the cache."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from libs.events.batching import BatchingPublisher
+from libs.events.http import DeviceCaller
+from libs.events.publisher import Publisher
+from libs.events.service import ServiceHost
+from libs.events.tracing import inject_headers
+
+from .domain import Beat, heartbeat_event
+from .store import LatestCache
+
+HEARTBEATS = "telemetry:heartbeats"
+
+
+class Ingest:
+    """Heartbeats of every dialect into ``telemetry:heartbeats``; returns once Redis acknowledged them."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        assert host.redis is not None, "start the host before serving"
+        s = host.settings
+        self.stream = host.stream(HEARTBEATS)
+        self.publisher = Publisher(host.redis, producer="telemetry")
+        self.cache = LatestCache(host.redis, s.stream_prefix, int(getattr(s, "latest_ttl_s", 300)))
+        self.batcher = BatchingPublisher(
+            self.publisher,
+            max_batch=int(getattr(s, "batch_max", 500)),
+            max_delay_s=float(getattr(s, "batch_max_delay_s", 0.002)),
+            after_flush=self.cache.store,
+        )
+
+    async def accept(self, caller: DeviceCaller, beat: Beat) -> datetime:
+        """Append one heartbeat; returns its receive time (raises if Redis did not take it)."""
+        now = datetime.now(UTC)
+        event = heartbeat_event(beat, caller.device_id, caller.workspace_id, now=now)
+        await self.batcher.publish(self.stream, self.publisher.envelope(event, occurred_at=now))
+        return now
+
+    async def accept_many(self, caller: DeviceCaller, beats: list[Beat]) -> int:
+        """Append a backfill batch; every entry acknowledged, or an error (the agent retries all)."""
+        now = datetime.now(UTC)
+        headers = inject_headers()
+        envelopes = [
+            self.publisher.envelope(
+                heartbeat_event(b, caller.device_id, caller.workspace_id, now=now),
+                headers=headers,
+                occurred_at=now,
+            )
+            for b in beats
+        ]
+        await asyncio.gather(*(self.batcher.publish(self.stream, env) for env in envelopes))
+        return len(envelopes)
+
+    async def latest(self, device_id: str) -> dict[str, Any] | None:
+        """The cached latest heartbeat of a device."""
+        return await self.cache.get(device_id)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Background task of the host: flush until stop, then flush what is queued."""
+        self.batcher.start()
+        await stop.wait()
+        await self.batcher.aclose()
+
+
+# One Ingest per running host, shared by its routes and its background task (made on first use,
+# because the app is built before the host opens Redis).
+_ingests: dict[int, tuple[ServiceHost, Ingest]] = {}
+
+
+def ingest_of(host: ServiceHost) -> Ingest:
+    """The host's Ingest."""
+    found = _ingests.get(id(host))
+    if found is None or found[0] is not host:
+        found = _ingests[id(host)] = (host, Ingest(host))
+    return found[1]
+
+
+async def run_ingest(host: ServiceHost, stop: asyncio.Event) -> None:
+    """The host's background task: its batcher runs until the host stops."""
+    try:
+        await ingest_of(host).run(stop)
+    finally:
+        _ingests.pop(id(host), None)
