@@ -13,3 +13,8 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     device_types: tuple[str, ...] = ("arduino", "esp32", "raspberry_pi", "linux_server", "virtual")
     # Unauthenticated (open enrolment) registrations allowed per client address per minute.
     enrol_per_minute: int = 30
+    # Presence defaults (a workspace's presence_workspaces row and a device's metadata override them).
+    presence_interval_s: float = 30.0
+    presence_timeout_s: float = 90.0
+    # How often the sweeper looks for passed deadlines (offline is reported within this of the deadline).
+    presence_sweep_s: float = 0.2

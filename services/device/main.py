@@ -8,12 +8,15 @@ from libs.events.service import ServiceSpec
 
 from .api import routers
 from .config import Settings
+from .consumers import projections, subscriptions
 
 SPEC = ServiceSpec(
     name="device",
     settings_cls=Settings,
     migrations_dir=Path(__file__).with_name("migrations"),
     routers=routers,
+    subscriptions=subscriptions,
+    projections=projections,
     relay=True,
     identity=True,
 )

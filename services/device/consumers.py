@@ -1,0 +1,56 @@
+"""The device service's subscriptions: presence from heartbeats and agent connections."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from libs.events.consumer import Subscription
+from libs.events.outbox import Outbox
+from libs.events.projection import Projection
+from libs.events.service import ServiceHost
+
+from .config import Settings
+from .handlers import STREAM
+from .presence import Timing
+from .presence_handlers import CONSUMER, GATEWAY, HEARTBEATS, TYPES, PresenceService, projection
+
+
+def presence_service(host: ServiceHost) -> PresenceService:
+    """The host's presence consumer and sweeper (pools are bound lazily: they open at start)."""
+    s = host.settings
+    assert isinstance(s, Settings)
+    outbox: list[Outbox] = []
+
+    def get() -> Outbox:
+        if not outbox:
+            assert host.pool is not None and host.redis is not None
+            outbox.append(Outbox(host.pool, host.redis, producer="device", stream=host.stream(STREAM)))
+        return outbox[0]
+
+    defaults = Timing(s.presence_interval_s, s.presence_timeout_s)
+    return PresenceService(get, defaults, sweep_s=s.presence_sweep_s)
+
+
+def subscriptions(host: ServiceHost) -> list[Subscription]:
+    """Group ``device.presence`` on the heartbeats and gateway streams, one batch handler for both.
+
+    Stopgap until ServiceSpec can run worker tasks: the sweeper starts here (only the worker asks
+    for subscriptions) as a host background task, so ``host.stop()`` ends it.
+    """
+    service = presence_service(host)
+    task = asyncio.create_task(service.run_sweeper(host._stop), name="device-presence-sweeper")
+    host._background.append(task)
+    return [
+        Subscription(host.stream(stream), CONSUMER, batch=service.handle, batch_types=TYPES)
+        for stream in (HEARTBEATS, GATEWAY)
+    ]
+
+
+def projections(host: ServiceHost) -> dict[str, Projection]:
+    """``presence``: rebuilt by the same fold; transitions before the rebuild are not re-reported."""
+    s = host.settings
+    assert isinstance(s, Settings)
+    streams = (host.stream(HEARTBEATS), host.stream(GATEWAY))
+    defaults = Timing(s.presence_interval_s, s.presence_timeout_s)
+    return {"presence": projection(streams, defaults, quiet_before=datetime.now(UTC))}

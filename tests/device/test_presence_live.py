@@ -1,0 +1,154 @@
+"""Presence in-process: the device worker folds heartbeats and connections, the sweeper the deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from libs.events.publisher import Publisher
+from libs.events.schemas.device import DeviceStatusChanged
+from libs.events.schemas.gateway import AgentConnected, AgentDisconnected
+from libs.events.schemas.telemetry import HeartbeatReceived
+
+from .conftest import World
+
+FAST = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 3}  # late 1.5 s, offline 3 s after a beat
+
+
+async def until(check, timeout: float = 8.0, step: float = 0.02):
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := await check():
+            return result
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(step)
+
+
+@pytest.fixture
+async def worker(world: World) -> AsyncIterator[World]:
+    """The device worker (relay, presence consumers, sweeper) running beside the API."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(world.host.run_worker(stop))
+    await until(lambda: _ready(world))
+    try:
+        yield world
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def _ready(world: World) -> bool:
+    return len(world.host.runners) == 2 and all(r.ready.is_set() for r in world.host.runners)
+
+
+async def device(world: World, ws: str, metadata: dict | None = None) -> str:
+    body = {"name": "pi", "device_type": "raspberry_pi", "metadata": metadata or FAST}
+    resp = await world.client.post("/api/v1/devices", json=body, headers=world.auth(ws))
+    assert resp.status_code == 201, resp.text
+    return resp.json()["device_id"]
+
+
+async def beat(world: World, ws: str, dev: str, **kw) -> datetime:
+    kw.setdefault("received_at", datetime.now(UTC))
+    event = HeartbeatReceived(device_id=dev, workspace_id=ws, **kw)
+    assert world.host.redis is not None
+    await Publisher(world.host.redis, producer="telemetry").publish(
+        world.prefix + "telemetry:heartbeats", event
+    )
+    return kw["received_at"]
+
+
+async def changes(world: World, dev: str) -> list[DeviceStatusChanged]:
+    events = [e for _env, e in await world.events()]
+    return [e for e in events if isinstance(e, DeviceStatusChanged) and e.device_id == dev]
+
+
+async def status(world: World, ws: str, dev: str) -> dict:
+    resp = await world.client.get(f"/api/v1/devices/{dev}", headers=world.auth(ws))
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+async def test_heartbeat_online_late_offline_resumed(worker: World):
+    world = worker
+    ws = await world.workspace()
+    dev = await device(world, ws)
+    assert (await status(world, ws, dev))["status_reason"] == "never_seen"
+    t0 = await beat(world, ws, dev, seq=1, metrics={"cpu": 12.5})
+    body = await until(lambda: _has(world, ws, dev, "online"))
+    assert body["status_reason"] == "first_heartbeat" and body["last_seen"] is not None
+    await until(lambda: _has(world, ws, dev, "late"))
+    assert datetime.now(UTC) - (t0 + timedelta(seconds=1.5)) < timedelta(seconds=1)
+    await until(lambda: _has(world, ws, dev, "offline"))
+    assert datetime.now(UTC) - (t0 + timedelta(seconds=3)) < timedelta(seconds=1)
+    await beat(world, ws, dev, seq=2)
+    body = await until(lambda: _has(world, ws, dev, "online"))
+    assert body["status_reason"] == "heartbeat_resumed"
+    seen = await until(lambda: _n(world, dev, 4))
+    assert [(e.previous, e.status, e.reason) for e in seen] == [
+        ("offline", "online", "first_heartbeat"),
+        ("online", "late", "heartbeat_missed"),
+        ("late", "offline", "heartbeat_timeout"),
+        ("offline", "online", "heartbeat_resumed"),
+    ]
+    assert seen[1].at == t0 + timedelta(seconds=1.5) and seen[2].at == t0 + timedelta(seconds=3)
+    metrics = await world.host.pool.fetchval("SELECT metrics::text FROM devices WHERE device_id = $1", dev)
+    assert '"cpu":12.5' in metrics.replace(" ", "")
+
+
+async def _has(world: World, ws: str, dev: str, want: str) -> dict | None:
+    body = await status(world, ws, dev)
+    return body if body["status"] == want else None
+
+
+async def _n(world: World, dev: str, n: int) -> list[DeviceStatusChanged] | None:
+    seen = await changes(world, dev)
+    return seen if len(seen) >= n else None
+
+
+async def test_duplicates_and_stragglers_leave_status_unchanged(worker: World):
+    world = worker
+    ws = await world.workspace()
+    dev = await device(world, ws, {"heartbeat_interval_s": 20, "heartbeat_timeout_s": 60})
+    now = datetime.now(UTC)
+    await beat(world, ws, dev, seq=5, received_at=now)
+    await until(lambda: _has(world, ws, dev, "online"))
+    await beat(world, ws, dev, seq=5, received_at=now + timedelta(seconds=1))  # duplicate
+    await beat(world, ws, dev, seq=3, received_at=now + timedelta(seconds=1))  # straggler
+    marker = "marker-" + dev
+    await beat(world, ws, dev, seq=6, received_at=now + timedelta(seconds=2), metrics={"m": marker})
+    row = await until(lambda: _row(world, dev, marker))
+    assert row["last_seq"] == 6 and row["last_seen"] == now + timedelta(seconds=2)
+    assert len(await changes(world, dev)) == 1
+
+
+async def _row(world: World, dev: str, marker: str):
+    return await world.host.pool.fetchrow(
+        "SELECT p.last_seq, p.last_seen FROM presence p JOIN devices d USING (device_id) "
+        "WHERE device_id = $1 AND d.metrics->>'m' = $2",
+        dev,
+        marker,
+    )
+
+
+async def test_connection_and_clean_shutdown(worker: World):
+    world = worker
+    ws = await world.workspace()
+    dev = await device(world, ws)
+    assert world.host.redis is not None
+    pub = Publisher(world.host.redis, producer="gateway")
+    gw = world.prefix + "events:gateway"
+    at = datetime.now(UTC)
+    common = {"device_id": dev, "workspace_id": ws, "gateway_id": "g1", "dialect": "s"}
+    await pub.publish(gw, AgentConnected(**common, at=at))
+    await until(lambda: _has(world, ws, dev, "online"))
+    await asyncio.sleep(2)  # a live socket keeps the device online past its late deadline (1.5 s)
+    assert (await status(world, ws, dev))["status"] == "online"
+    await pub.publish(gw, AgentDisconnected(**common, at=datetime.now(UTC), reason="agent_shutdown"))
+    body = await until(lambda: _has(world, ws, dev, "offline"))
+    assert body["status_reason"] == "agent_shutdown"
