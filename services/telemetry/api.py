@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -14,9 +15,10 @@ from libs.events.batching import PublisherClosed
 from libs.events.http import ApiError, Identity
 from libs.events.service import ServiceHost
 
-from .domain import InvalidHeartbeat, parse_agent, parse_agent_batch, parse_k, parse_s
-from .handlers import Ingest, ingest_of
+from .domain import InvalidHeartbeat, chart_query, parse_agent, parse_agent_batch, parse_k, parse_s
+from .handlers import Charts, Ingest, ingest_of
 
+_QUERY = frozenset({"from", "to", "step", "agg", "name"})
 _ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 
 
@@ -25,6 +27,7 @@ class Api:
 
     def __init__(self, host: ServiceHost) -> None:
         self.host = host
+        self.charts = Charts(host)
         s = host.settings
         self.max_body = int(getattr(s, "ingest_max_body_bytes", 100_000))
         self.interval_ms = int(getattr(s, "heartbeat_interval_ms", 30_000))
@@ -147,6 +150,26 @@ def query_router(api: Api) -> APIRouter:
         if cached is None:
             raise ApiError(404, "NO_RECENT_METRICS", "no heartbeat from this device in the cache window")
         return JSONResponse({"device_id": device_id, **cached})
+
+    @r.get("/api/v1/devices/{device_id}/metrics")
+    async def metrics(device_id: str, request: Request) -> Response:
+        await visible_device(api, request, device_id)
+        op = api.identity.operator(request)
+        params = {k: v for k, v in request.query_params.items() if k in _QUERY}
+        try:
+            q = chart_query(params, now=datetime.now(UTC))
+        except InvalidHeartbeat as exc:
+            raise ApiError(400, exc.code, exc.message) from None
+        series = await api.charts.series(device_id, op.workspace_id, q)
+        reply = {
+            "device_id": device_id,
+            "from": q.start.isoformat(),
+            "to": q.end.isoformat(),
+            "step": q.step,
+            "agg": q.agg,
+            "series": series,
+        }
+        return JSONResponse(reply)
 
     return r
 

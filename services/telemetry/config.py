@@ -18,3 +18,8 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # stream appends shared by concurrent requests
     batch_max: int = 500
     batch_max_delay_s: float = 0.002
+    # time-series retention, per table (hours), and how often old rows are deleted
+    raw_retention_h: float = 168
+    rollup_1m_retention_h: float = 720
+    rollup_1h_retention_h: float = 8760
+    timeseries_expiry_interval_s: float = 60

@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from libs.events.schemas.telemetry import HeartbeatReceived, MetricValue
@@ -203,3 +203,84 @@ def heartbeat_event(beat: Beat, device_id: str, workspace_id: str, *, now: datet
         dialect=beat.dialect,
         flags=beat.flags,
     )
+
+
+PointRow = tuple[str, str, str, datetime, int | None, datetime | None, str, str]
+
+
+def chart_points(event: HeartbeatReceived) -> dict[str, float]:
+    """The metrics of a heartbeat that belong on a chart: numeric, finite, plausible, not flagged."""
+    flagged = set(event.flags)
+    points: dict[str, float] = {}
+    for name, value in event.metrics.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or name in flagged:
+            continue
+        if not out_of_range(name, float(value)):
+            points[name] = float(value)
+    return points
+
+
+def point_time(event: HeartbeatReceived) -> datetime:
+    """When a heartbeat's readings were taken: the agent's send time for backfill, else receipt."""
+    return event.sent_at if event.backfill and event.sent_at is not None else event.received_at
+
+
+def point_row(event_id: str, event: HeartbeatReceived) -> PointRow:
+    """The time-series row of one heartbeat."""
+    return (
+        event_id,
+        event.device_id,
+        event.workspace_id,
+        point_time(event),
+        event.seq,
+        event.sent_at,
+        event.status,
+        json.dumps(chart_points(event), separators=(",", ":")),
+    )
+
+
+STEPS = ("raw", "1m", "1h")
+AGGS = ("avg", "min", "max")
+MAX_POINTS = 10_000
+
+
+@dataclass(frozen=True)
+class ChartQuery:
+    """A validated ``GET /api/v1/devices/{id}/metrics`` query."""
+
+    start: datetime
+    end: datetime
+    step: str
+    agg: str
+    name: str | None
+    limit: int
+
+
+def _when(value: str | None, default: datetime, what: str) -> datetime:
+    if value is None or value == "":
+        return default
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise InvalidHeartbeat(f"{what} must be an ISO 8601 time") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def chart_query(
+    params: dict[str, str], *, now: datetime, default_span_s: float = 3600, limit: int = MAX_POINTS
+) -> ChartQuery:
+    """Parse ``from``, ``to`` (ISO; default the last hour), ``step``, ``agg`` and ``name``."""
+
+    end = _when(params.get("to"), now, "to")
+    start = _when(params.get("from"), end - timedelta(seconds=default_span_s), "from")
+    if start >= end:
+        raise InvalidHeartbeat("from must be before to")
+    step, agg = params.get("step", "raw"), params.get("agg", "avg")
+    if step not in STEPS:
+        raise InvalidHeartbeat(f"step must be one of {', '.join(STEPS)}")
+    if agg not in AGGS:
+        raise InvalidHeartbeat(f"agg must be one of {', '.join(AGGS)}")
+    name = params.get("name") or None
+    if name is not None:
+        _name(name, "name")
+    return ChartQuery(start, end, step, agg, name, limit)

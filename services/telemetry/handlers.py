@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from libs.events.batching import BatchingPublisher
@@ -12,8 +14,11 @@ from libs.events.publisher import Publisher
 from libs.events.service import ServiceHost
 from libs.events.tracing import inject_headers
 
-from .domain import Beat, heartbeat_event
+from . import store as db
+from .domain import Beat, ChartQuery, heartbeat_event
 from .store import LatestCache
+
+log = logging.getLogger(__name__)
 
 HEARTBEATS = "telemetry:heartbeats"
 
@@ -86,3 +91,52 @@ async def run_ingest(host: ServiceHost, stop: asyncio.Event) -> None:
         await ingest_of(host).run(stop)
     finally:
         _ingests.pop(id(host), None)
+
+
+class Charts:
+    """Time-series reads and retention."""
+
+    def __init__(self, host: ServiceHost) -> None:
+        self.host = host
+
+    async def series(self, device_id: str, workspace_id: str, q: ChartQuery) -> dict[str, Any]:
+        """Points per metric name: ``{name: [[iso time, value], ...]}``."""
+        assert self.host.pool is not None
+        async with self.host.pool.acquire() as conn:
+            rows = await db.series(
+                conn,
+                device_id,
+                workspace_id,
+                (q.start, q.end),
+                step=q.step,
+                agg=q.agg,
+                name=q.name,
+                limit=q.limit,
+            )
+        out: dict[str, list[list[Any]]] = {}
+        for name, at, value in rows:
+            out.setdefault(name, []).append([at.astimezone(UTC).isoformat(), value])
+        return out
+
+    async def expire_once(self, now: datetime) -> int:
+        """Delete rows past each table's retention."""
+        s = self.host.settings
+        hours = {
+            "heartbeat_metrics": float(getattr(s, "raw_retention_h", 168)),
+            "metric_rollup_1m": float(getattr(s, "rollup_1m_retention_h", 720)),
+            "metric_rollup_1h": float(getattr(s, "rollup_1h_retention_h", 8760)),
+        }
+        assert self.host.pool is not None
+        async with self.host.pool.acquire() as conn:
+            return await db.expire(conn, {t: now - timedelta(hours=h) for t, h in hours.items()})
+
+    async def run_expiry(self, stop: asyncio.Event) -> None:
+        """Worker task: apply retention every ``timeseries_expiry_interval_s`` until stopped."""
+        interval = float(getattr(self.host.settings, "timeseries_expiry_interval_s", 60))
+        while not stop.is_set():
+            try:
+                await self.expire_once(datetime.now(UTC))
+            except Exception:
+                log.exception("time-series retention failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)

@@ -10,7 +10,9 @@ from libs.events.service import ServiceHost, ServiceSpec, Task
 
 from .api import routers
 from .config import Settings
-from .handlers import run_ingest
+from .consumers import subscriptions
+from .handlers import Charts, run_ingest
+from .projections import timeseries_projection
 
 
 def background(host: ServiceHost) -> list[Task]:
@@ -22,12 +24,20 @@ def background(host: ServiceHost) -> list[Task]:
     return [run]
 
 
+def workers(host: ServiceHost) -> list[Task]:
+    """Time-series retention runs where the worker runs."""
+    return [Charts(host).run_expiry]
+
+
 SPEC = ServiceSpec(
     name="telemetry",
     settings_cls=Settings,
     migrations_dir=Path(__file__).with_name("migrations"),
     routers=routers,
     background=background,
+    workers=workers,
+    subscriptions=subscriptions,
+    projections=lambda host: {"timeseries": timeseries_projection(host)},
     identity=True,
     # telemetry:* streams are trimmed below what every consumer group has acknowledged.
     retention=RetentionPolicy(interval_s=10.0),

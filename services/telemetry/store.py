@@ -1,15 +1,19 @@
-"""Redis keys of the telemetry service: the per-device latest-metrics cache."""
+"""Storage of the telemetry service: the latest-metrics cache (Redis) and the time series (SQL)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
 from libs.events.envelope import Envelope
+from libs.events.pg import Conn
 from libs.events.schemas.telemetry import HeartbeatReceived
+
+from .domain import PointRow
 
 _decode = msgspec.json.Decoder(HeartbeatReceived).decode
 _encode = msgspec.json.Encoder().encode
@@ -53,3 +57,81 @@ class LatestCache:
         """The cached latest heartbeat of a device, or None after the TTL."""
         raw = await self.redis.get(self.key(device_id))
         return None if raw is None else msgspec.json.decode(raw)
+
+
+# The rows of a batch, and the 1-minute and 1-hour rollups of the rows that were new (a retried
+# heartbeat is skipped by the primary key or the agent's (seq, sent_at)), in one statement.
+_INSERT_POINTS = """
+WITH input AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                       $6::timestamptz[], $7::text[], $8::jsonb[])
+    AS t(event_id, device_id, workspace_id, ts, seq, sent_at, status, metrics)
+), ins AS (
+  INSERT INTO heartbeat_metrics (event_id, device_id, workspace_id, ts, seq, sent_at, status, metrics)
+  SELECT * FROM input ON CONFLICT DO NOTHING
+  RETURNING device_id, workspace_id, ts, metrics
+), pts AS (
+  SELECT i.device_id, i.workspace_id, i.ts, m.key AS name, (m.value::text)::float8 AS v
+  FROM ins i, jsonb_each(i.metrics) m
+), m1 AS (
+  INSERT INTO metric_rollup_1m AS r (device_id, name, bucket, workspace_id, n, total, lo, hi)
+  SELECT device_id, name, date_trunc('minute', ts, 'UTC'), min(workspace_id), count(*), sum(v), min(v), max(v)
+  FROM pts GROUP BY 1, 2, 3
+  ON CONFLICT (device_id, name, bucket) DO UPDATE SET n = r.n + EXCLUDED.n,
+    total = r.total + EXCLUDED.total, lo = LEAST(r.lo, EXCLUDED.lo), hi = GREATEST(r.hi, EXCLUDED.hi)
+)
+INSERT INTO metric_rollup_1h AS r (device_id, name, bucket, workspace_id, n, total, lo, hi)
+SELECT device_id, name, date_trunc('hour', ts, 'UTC'), min(workspace_id), count(*), sum(v), min(v), max(v)
+FROM pts GROUP BY 1, 2, 3
+ON CONFLICT (device_id, name, bucket) DO UPDATE SET n = r.n + EXCLUDED.n,
+  total = r.total + EXCLUDED.total, lo = LEAST(r.lo, EXCLUDED.lo), hi = GREATEST(r.hi, EXCLUDED.hi)
+"""
+
+
+async def insert_points(conn: Conn, rows: Sequence[PointRow]) -> None:
+    """Write a batch of time-series rows and their rollups (one round trip)."""
+    columns = list(zip(*rows, strict=True))
+    await conn.execute(_INSERT_POINTS, *(list(c) for c in columns))
+
+
+_ROLLUPS = {"1m": "metric_rollup_1m", "1h": "metric_rollup_1h"}
+_AGG = {"avg": "total / n", "min": "lo", "max": "hi"}
+
+
+async def series(
+    conn: Conn,
+    device_id: str,
+    workspace_id: str,
+    window: tuple[datetime, datetime],
+    *,
+    step: str,
+    agg: str,
+    name: str | None,
+    limit: int,
+) -> list[tuple[str, datetime, float]]:
+    """``(name, time, value)`` points of one device, ordered by name then time."""
+    start, end = window
+    if step == "raw":
+        sql = (
+            "SELECT m.key, h.ts, (m.value::text)::float8 FROM heartbeat_metrics h, jsonb_each(h.metrics) m "
+            "WHERE h.device_id = $1 AND h.workspace_id = $2 AND h.ts >= $3 AND h.ts < $4 "
+            "AND ($5::text IS NULL OR m.key = $5) ORDER BY m.key, h.ts LIMIT $6"
+        )
+    else:
+        sql = (
+            f"SELECT name, bucket, {_AGG[agg]} FROM {_ROLLUPS[step]} "
+            "WHERE device_id = $1 AND workspace_id = $2 AND bucket >= $3 AND bucket < $4 "
+            "AND ($5::text IS NULL OR name = $5) ORDER BY name, bucket LIMIT $6"
+        )
+    rows = await conn.fetch(sql, device_id, workspace_id, start, end, name, limit)
+    return [(r[0], r[1], float(r[2])) for r in rows]
+
+
+async def expire(conn: Conn, cutoffs: dict[str, datetime]) -> int:
+    """Delete time-series rows older than each table's cutoff; returns rows deleted."""
+    deleted = 0
+    for table, cutoff in cutoffs.items():
+        column = "ts" if table == "heartbeat_metrics" else "bucket"
+        status = await conn.execute(f"DELETE FROM {table} WHERE {column} < $1", cutoff)
+        deleted += int(status.split()[-1])
+    return deleted
