@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from libs.events.consumer import Subscription
@@ -33,18 +34,17 @@ def presence_service(host: ServiceHost) -> PresenceService:
 
 
 def subscriptions(host: ServiceHost) -> list[Subscription]:
-    """Group ``device.presence`` on the heartbeats and gateway streams, one batch handler for both.
-
-    Stopgap until ServiceSpec can run worker tasks: the sweeper starts here (only the worker asks
-    for subscriptions) as a host background task, so ``host.stop()`` ends it.
-    """
+    """Group ``device.presence`` on the heartbeats and gateway streams, one batch handler for both."""
     service = presence_service(host)
-    task = asyncio.create_task(service.run_sweeper(host._stop), name="device-presence-sweeper")
-    host._background.append(task)
     return [
         Subscription(host.stream(stream), CONSUMER, batch=service.handle, batch_types=TYPES)
         for stream in (HEARTBEATS, GATEWAY)
     ]
+
+
+def workers(host: ServiceHost) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
+    """The presence sweeper, run beside the consumers in the worker."""
+    return [presence_service(host).run_sweeper]
 
 
 def projections(host: ServiceHost) -> dict[str, Projection]:

@@ -8,7 +8,7 @@ from libs.events.service import ServiceSpec
 
 from .api import routers
 from .config import Settings
-from .consumers import projections, subscriptions
+from .consumers import projections, subscriptions, workers
 
 SPEC = ServiceSpec(
     name="device",
@@ -17,6 +17,7 @@ SPEC = ServiceSpec(
     routers=routers,
     subscriptions=subscriptions,
     projections=projections,
+    workers=workers,
     relay=True,
     identity=True,
 )
