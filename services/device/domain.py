@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -126,6 +126,7 @@ class Device:
     status: str = "offline"
     status_reason: str = "never_seen"
     last_seen: datetime | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # latest heartbeat's, set by presence
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,8 @@ def parse(cls: type[T], data: Any) -> T:
     except msgspec.ValidationError as exc:
         raise DomainError("invalid", "VALIDATION_ERROR", str(exc)) from None
     check_values(data)
-    for field in ("name", "metadata", "config"):
-        _check_field(field, getattr(cmd, field, None))
+    for name in ("name", "metadata", "config"):
+        _check_field(name, getattr(cmd, name, None))
     return cmd
 
 

@@ -15,7 +15,7 @@ from .domain import Device, Site
 
 _DEVICE_COLUMNS = (
     "device_id, workspace_id, name, device_type, site_id, groups, labels, metadata, disabled, "
-    "created_at, updated_at, ip_address, status, status_reason, last_seen"
+    "created_at, updated_at, ip_address, status, status_reason, last_seen, metrics"
 )
 _LIVE = "deleted_at IS NULL"
 
@@ -40,6 +40,7 @@ def _device(row: Mapping[str, Any]) -> Device:
     values["groups"] = list(values["groups"])
     values["labels"] = msgspec.json.decode(values["labels"])
     values["metadata"] = msgspec.json.decode(values["metadata"])
+    values["metrics"] = msgspec.json.decode(values["metrics"]) if values.get("metrics") else {}
     return Device(**values)
 
 

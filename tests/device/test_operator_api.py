@@ -19,6 +19,7 @@ DEVICE_FIELDS = {
     "disabled",
     "status",
     "status_reason",
+    "metrics",
     "last_seen",
     "ip_address",
     "created_at",

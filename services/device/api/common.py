@@ -44,6 +44,7 @@ def device_json(d: Device) -> dict[str, Any]:
         "status": d.status,
         "status_reason": d.status_reason,
         "last_seen": _iso(d.last_seen),
+        "metrics": d.metrics,
         "ip_address": d.ip_address,
         "created_at": _iso(d.created_at),
         "updated_at": _iso(d.updated_at),

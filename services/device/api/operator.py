@@ -27,7 +27,7 @@ from .common import (
 )
 
 # Fields presence derives; nobody edits them.
-READ_ONLY = ("status", "status_reason", "last_seen")
+READ_ONLY = ("status", "status_reason", "last_seen", "metrics")
 
 
 def label_filter(value: str | None) -> tuple[str, str] | None:
@@ -95,7 +95,7 @@ def router(api: Api) -> APIRouter:
         op = writer(api.identity, request)
         data = await body(request)
         if isinstance(data, dict) and any(k in data for k in READ_ONLY):
-            raise ApiError(400, "READ_ONLY_FIELD", "status is derived from presence and cannot be edited")
+            raise ApiError(400, "READ_ONLY_FIELD", "status, last_seen and metrics come from presence")
         with domain_errors():
             fields = patch_fields(parse(DevicePatch, data))
             device = await reg.update(op.workspace_id, device_path(device_id), fields, op.operator_id)
