@@ -18,6 +18,7 @@ from libs.events.schemas import REGISTRY
 from libs.events.schemas.device import DeviceRegistered, InitialCredential
 from libs.events.schemas.telemetry import HeartbeatReceived
 from libs.events.service import ServiceHost
+from services.telemetry.api import fast_app
 from services.telemetry.config import Settings
 from services.telemetry.main import SPEC
 
@@ -127,9 +128,12 @@ class World:
         return await self.client.post(path, json=body, **kw)
 
 
-@pytest.fixture
-async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
-    """A started telemetry host on this run's database and this test's stream prefix."""
+@pytest.fixture(params=["routes", "fast"])
+async def world(database_url: str, prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """A started telemetry host on this run's database and this test's stream prefix.
+
+    Each test runs twice: through the FastAPI routes, and with the ingestion hot path in front.
+    """
     settings = Settings(
         redis_url=REDIS_URL, database_url=database_url, stream_prefix=prefix, signing_key="x" * 40
     )
@@ -137,7 +141,9 @@ async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
     await host.start()
     assert host.identity is not None and host.redis is not None
     host.identity.feed.block_ms = 20
-    app = host.build_app(manage_lifespan=False)
+    app: Any = host.build_app(manage_lifespan=False)
+    if request.param == "fast":
+        app = fast_app(host, app)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1234))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://telemetry") as client:
