@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from libs.events.batching import PublisherClosed
-from libs.events.http import ApiError, BodyLimit, Identity
+from libs.events.http import ApiError, BodyLimit, DeviceCaller, Identity
 from libs.events.service import ServiceHost
 
 from .domain import InvalidHeartbeat, chart_query, parse_agent, parse_agent_batch, parse_k, parse_s
@@ -86,9 +86,16 @@ async def refusals() -> AsyncIterator[None]:
 Reply = tuple[int, dict[str, Any]]
 
 
+def limited(api: Api, caller: DeviceCaller) -> DeviceCaller:
+    """429 when the device is over its heartbeat rate (checked before the body is read)."""
+    if not api.ingest.allow(caller):
+        raise ApiError(429, "RATE_LIMITED", "too many heartbeats from this device", {"Retry-After": "1"})
+    return caller
+
+
 async def s_heartbeat(api: Api, request: Request) -> Reply:
     """Dialect S heartbeat."""
-    caller = api.identity.device_session(request)
+    caller = limited(api, api.identity.device_session(request))
     async with refusals():
         beat = parse_s(await api.body(request))
         at = await api.ingest.accept(caller, beat)
@@ -98,7 +105,7 @@ async def s_heartbeat(api: Api, request: Request) -> Reply:
 
 async def k_metrics(api: Api, request: Request) -> Reply:
     """Dialect K metrics (a heartbeat too); exactly 201."""
-    caller = await api.identity.device_api_key(request)
+    caller = limited(api, await api.identity.device_api_key(request))
     async with refusals():
         beat = parse_k(await api.body(request), caller.device_id)
         await api.ingest.accept(caller, beat)
@@ -107,7 +114,7 @@ async def k_metrics(api: Api, request: Request) -> Reply:
 
 async def agent_heartbeat(api: Api, request: Request) -> Reply:
     """The agent's heartbeat with its sequence number."""
-    caller = api.identity.device_session(request)
+    caller = limited(api, api.identity.device_session(request))
     async with refusals():
         beat = parse_agent(await api.body(request))
         await api.ingest.accept(caller, beat)
@@ -116,7 +123,7 @@ async def agent_heartbeat(api: Api, request: Request) -> Reply:
 
 async def agent_backfill(api: Api, request: Request) -> Reply:
     """A batch of the agent's heartbeats sent late (backfill)."""
-    caller = api.identity.device_session(request)
+    caller = limited(api, api.identity.device_session(request))
     async with refusals():
         beats = parse_agent_batch(await api.body(request))
         n = await api.ingest.accept_many(caller, beats)

@@ -15,6 +15,8 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     ingest_max_body_bytes: int = 100_000
     # how long a device's latest metrics stay cached after its last heartbeat
     latest_ttl_s: int = 300
+    # heartbeats per device per second, counted per process (0: no limit); 429 above
+    device_rate_per_s: int = 10
     # stream appends shared by concurrent requests
     batch_max: int = 500
     batch_max_delay_s: float = 0.002

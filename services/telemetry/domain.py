@@ -284,3 +284,27 @@ def chart_query(
     if name is not None:
         _name(name, "name")
     return ChartQuery(start, end, step, agg, name, limit)
+
+
+class DeviceRateLimit:
+    """At most ``limit`` heartbeats per device per fixed window, counted in this process (0: no limit).
+
+    A cheap first line (no Redis round trip per request): with N replicas a device may reach N times
+    the limit, which still stops a runaway client.
+    """
+
+    def __init__(self, limit: int, window_s: float = 1.0) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._window = -1
+        self._counts: dict[str, int] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        """Count one heartbeat of ``key``; False when its window is already full."""
+        if self.limit <= 0:
+            return True
+        window = int(now // self.window_s)
+        if window != self._window:  # a new window forgets every device of the last one
+            self._window, self._counts = window, {}
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        return n <= self.limit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from libs.events.service import ServiceHost
 from libs.events.tracing import inject_headers
 
 from . import store as db
-from .domain import Beat, ChartQuery, heartbeat_event
+from .domain import Beat, ChartQuery, DeviceRateLimit, heartbeat_event
 from .store import LatestCache
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,17 @@ class Ingest:
         self.stream = host.stream(HEARTBEATS)
         self.publisher = Publisher(host.redis, producer="telemetry")
         self.cache = LatestCache(host.redis, s.stream_prefix, int(getattr(s, "latest_ttl_s", 300)))
+        self.limiter = DeviceRateLimit(int(getattr(s, "device_rate_per_s", 10)))
         self.batcher = BatchingPublisher(
             self.publisher,
             max_batch=int(getattr(s, "batch_max", 500)),
             max_delay_s=float(getattr(s, "batch_max_delay_s", 0.002)),
             after_flush=self.cache.store,
         )
+
+    def allow(self, caller: DeviceCaller) -> bool:
+        """Whether the device is within its heartbeat rate."""
+        return self.limiter.allow(caller.device_id, time.time())
 
     async def accept(self, caller: DeviceCaller, beat: Beat) -> datetime:
         """Append one heartbeat; returns its receive time (raises if Redis did not take it)."""

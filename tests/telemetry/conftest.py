@@ -135,7 +135,11 @@ async def world(database_url: str, prefix: str, request: pytest.FixtureRequest) 
     Each test runs twice: through the FastAPI routes, and with the ingestion hot path in front.
     """
     settings = Settings(
-        redis_url=REDIS_URL, database_url=database_url, stream_prefix=prefix, signing_key="x" * 40
+        redis_url=REDIS_URL,
+        database_url=database_url,
+        stream_prefix=prefix,
+        signing_key="x" * 40,
+        device_rate_per_s=0,  # the rate test sets its own limit
     )
     host = ServiceHost(SPEC, settings)
     await host.start()

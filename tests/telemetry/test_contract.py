@@ -166,3 +166,22 @@ async def test_latest_is_404_across_workspaces(world: World) -> None:
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "DEVICE_NOT_FOUND"
     resp = await world.client.get(f"/api/v1/devices/{dev.device_id}/latest")
     assert resp.status_code == 401
+
+
+async def test_heartbeats_over_the_device_rate_are_429(world: World) -> None:
+    from services.telemetry.handlers import ingest_of
+
+    limiter = ingest_of(world.host).limiter
+    limiter.limit, limiter.window_s = 3, 86400.0  # one window for the whole test
+    dev, other = await world.device(), await world.device()
+    statuses = [
+        (await world.post("/api/v1/device/heartbeat", {"status": "online"}, headers=dev.s)).status_code
+        for _ in range(5)
+    ]
+    assert statuses == [200, 200, 200, 429, 429]
+    resp = await world.post("/api/v1/analytics/device-metrics", {"cpu_percent": 1}, headers=other.k)
+    assert resp.status_code == 201  # the limit is per device
+    assert await world.length() == 4
+    refused = await world.post("/api/v1/device/heartbeat", {"status": "online"}, headers=dev.s)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "RATE_LIMITED"
