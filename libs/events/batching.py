@@ -26,7 +26,9 @@ class BatchingPublisher:
     A batch is flushed as soon as the previous flush finished and something is queued (under load
     the queue fills while a flush is in flight). After an idle spell the first envelope waits up to
     ``max_delay_s`` for companions, or until ``max_batch`` are queued. ``after_flush`` (optional)
-    runs after the waiters of a written batch are released, e.g. to refresh a cache.
+    runs after the waiters of a written batch are released, e.g. to refresh a cache; it overlaps
+    the next batch's append (one follow-up in flight at a time). A batch not acknowledged within
+    ``timeout_s`` fails its waiters with TimeoutError (its entries may still have been written).
     """
 
     def __init__(
@@ -36,12 +38,15 @@ class BatchingPublisher:
         max_batch: int = 500,
         max_delay_s: float = 0.002,
         after_flush: AfterFlush | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
         self.publisher = publisher
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.after_flush = after_flush
+        self.timeout_s = timeout_s
         self.flushes = 0
+        self._follow_up: asyncio.Task[None] | None = None
         self._queue: list[tuple[str, Envelope, asyncio.Future[str]]] = []
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -74,6 +79,8 @@ class BatchingPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._settle_follow_up()
         self._fail(self._queue, PublisherClosed("the batching publisher is closed"))
         self._queue = []
 
@@ -114,7 +121,7 @@ class BatchingPublisher:
         items = [(stream, env) for stream, env, _f in batch]
         self.flushes += 1
         try:
-            ids = await self.publisher.publish_envelopes(items)
+            ids = await asyncio.wait_for(self.publisher.publish_envelopes(items), self.timeout_s)
         except asyncio.CancelledError:
             self._fail(batch, PublisherClosed("the batching publisher was cancelled"))
             raise
@@ -125,9 +132,19 @@ class BatchingPublisher:
             if not future.done():
                 future.set_result(entry_id)
         if self.after_flush is not None:
-            # The entries are written: a failing follow-up (a cache) must not fail the batch.
-            with contextlib.suppress(Exception):
-                await self.after_flush(items, ids)
+            await self._settle_follow_up()
+            self._follow_up = asyncio.create_task(self._run_follow_up(self.after_flush, items, ids))
+
+    @staticmethod
+    async def _run_follow_up(after: AfterFlush, items: list[tuple[str, Envelope]], ids: list[str]) -> None:
+        # The entries are written: a failing follow-up (a cache) must not fail the batch.
+        with contextlib.suppress(Exception):
+            await after(items, ids)
+
+    async def _settle_follow_up(self) -> None:
+        if self._follow_up is not None:
+            await self._follow_up
+            self._follow_up = None
 
     @staticmethod
     def _fail(batch: Sequence[tuple[str, Envelope, asyncio.Future[str]]], exc: BaseException) -> None:

@@ -116,3 +116,20 @@ async def test_after_flush_sees_written_batches(r: aioredis.Redis, prefix: str) 
     finally:
         await batcher.aclose()
     assert sorted(seen) == sorted(ids)
+
+
+async def test_a_batch_not_acknowledged_in_time_fails_its_waiters(r: aioredis.Redis, prefix: str) -> None:
+    class Hanging(Publisher):
+        async def publish_envelopes(self, items: Sequence[tuple[str, Envelope]]) -> list[str]:
+            await asyncio.sleep(10)
+            return []
+
+    pub = Hanging(r, producer="test")
+    batcher = BatchingPublisher(pub, timeout_s=0.05)
+    try:
+        results = await asyncio.gather(
+            *(batcher.publish(prefix + "s", beat(pub, i)) for i in range(5)), return_exceptions=True
+        )
+    finally:
+        await batcher.aclose()
+    assert all(isinstance(x, TimeoutError) for x in results), results

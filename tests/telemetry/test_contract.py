@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from .conftest import World, uid
@@ -146,7 +147,12 @@ async def test_latest_metrics_cache(world: World) -> None:
     # a backfilled heartbeat is older: it does not replace the latest
     old = {"heartbeats": [{"seq": 1, "sent_at": "2026-01-01T00:00:00Z", "metrics": {"cpu": 99}}]}
     assert (await world.post("/api/v1/agent/heartbeats", old, headers=dev.s)).status_code == 200
-    resp = await world.client.get(f"/api/v1/devices/{dev.device_id}/latest", headers=headers)
+    # the cache is refreshed just after the batch is acknowledged (overlapping the next append)
+    for _ in range(100):
+        resp = await world.client.get(f"/api/v1/devices/{dev.device_id}/latest", headers=headers)
+        if resp.status_code == 200 and resp.json()["metrics"] == {"cpu": 2}:
+            break
+        await asyncio.sleep(0.01)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["device_id"] == dev.device_id and body["metrics"] == {"cpu": 2} and body["status"] == "online"
@@ -159,6 +165,7 @@ async def test_latest_metrics_cache(world: World) -> None:
 async def test_latest_is_404_across_workspaces(world: World) -> None:
     dev = await world.device()
     await world.post("/api/v1/device/heartbeat", {"status": "online"}, headers=dev.s)
+    await asyncio.sleep(0.05)
     for device_id in (dev.device_id, uid("nodev-"), "bad id!"):
         resp = await world.client.get(
             f"/api/v1/devices/{device_id}/latest", headers=world.operator(uid("ws-"))
