@@ -190,7 +190,7 @@ def fast_app(host: ServiceHost, app: ASGIApp) -> ASGIApp:
 
 
 async def visible_device(api: Api, request: Request, device_id: str) -> str:
-    """The device's id if it is in the operator's workspace; 404 otherwise (no existence leak)."""
+    """The operator's workspace if the device is in it; 404 otherwise (no existence leak)."""
     op = api.identity.operator(request)
     if not device_id or len(device_id) > 128 or not set(device_id) <= _ID_OK:
         raise ApiError(404, "DEVICE_NOT_FOUND", "device not found")
@@ -199,7 +199,7 @@ async def visible_device(api: Api, request: Request, device_id: str) -> str:
         await api.identity.feed.catch_up()
     if devices.get(device_id) != op.workspace_id:
         raise ApiError(404, "DEVICE_NOT_FOUND", "device not found")
-    return device_id
+    return op.workspace_id
 
 
 def query_router(api: Api) -> APIRouter:
@@ -216,14 +216,13 @@ def query_router(api: Api) -> APIRouter:
 
     @r.get("/api/v1/devices/{device_id}/metrics")
     async def metrics(device_id: str, request: Request) -> Response:
-        await visible_device(api, request, device_id)
-        op = api.identity.operator(request)
+        workspace_id = await visible_device(api, request, device_id)
         params = {k: v for k, v in request.query_params.items() if k in _QUERY}
         try:
             q = chart_query(params, now=datetime.now(UTC))
         except InvalidHeartbeat as exc:
             raise ApiError(400, exc.code, exc.message) from None
-        series = await api.charts.series(device_id, op.workspace_id, q)
+        series = await api.charts.series(device_id, workspace_id, q)
         reply = {
             "device_id": device_id,
             "from": q.start.isoformat(),
