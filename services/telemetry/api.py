@@ -116,7 +116,7 @@ async def agent_heartbeat(api: Api, request: Request) -> Reply:
     """The agent's heartbeat with its sequence number."""
     caller = limited(api, api.identity.device_session(request))
     async with refusals():
-        beat = parse_agent(await api.body(request))
+        beat = parse_agent(await api.body(request), now=datetime.now(UTC))
         await api.ingest.accept(caller, beat)
     return 200, {"acknowledged": True, "seq": beat.seq, "nextHeartbeat": api.interval_ms}
 
@@ -125,7 +125,7 @@ async def agent_backfill(api: Api, request: Request) -> Reply:
     """A batch of the agent's heartbeats sent late (backfill)."""
     caller = limited(api, api.identity.device_session(request))
     async with refusals():
-        beats = parse_agent_batch(await api.body(request))
+        beats = parse_agent_batch(await api.body(request), now=datetime.now(UTC))
         n = await api.ingest.accept_many(caller, beats)
     return 200, {"acknowledged": n, "last_seq": max(b.seq or 0 for b in beats)}
 

@@ -17,6 +17,7 @@ MAX_BATCH = 500
 MAX_TEXT = 1000
 ABSURD = 1e15  # no metric of a device is this large; bigger values are a bug or an attack
 MAX_SEQ = 2**63 - 1
+MAX_CLOCK_AHEAD = timedelta(days=1)  # a device clock this far ahead is wrong, not early
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
 # Percent-valued metrics by name (dialect S short names, agent and dialect K long names).
 PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
@@ -151,7 +152,7 @@ def parse_k(body: Any, device_id: str) -> Beat:
     return Beat(status="online", metrics=metrics, dialect="k")
 
 
-def _sent_at(value: Any) -> datetime:
+def _sent_at(value: Any, now: datetime | None) -> datetime:
     if not isinstance(value, str) or len(value) > 64:
         raise InvalidHeartbeat("sent_at must be an ISO 8601 time")
     try:
@@ -160,16 +161,19 @@ def _sent_at(value: Any) -> datetime:
         raise InvalidHeartbeat("sent_at must be an ISO 8601 time") from None
     if at.year < 2000:
         raise InvalidHeartbeat("sent_at is before the year 2000")
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if now is not None and at > now + MAX_CLOCK_AHEAD:
+        raise InvalidHeartbeat("sent_at is more than a day in the future")
+    return at
 
 
-def parse_agent(body: Any, *, backfill: bool = False, where: str = "") -> Beat:
+def parse_agent(body: Any, *, now: datetime | None = None, backfill: bool = False, where: str = "") -> Beat:
     """The agent protocol: ``seq`` and ``sent_at`` required; metrics are finite, sane numbers."""
     b = _obj(body, where or "body")
     seq = b.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
         raise InvalidHeartbeat(f"{where}seq must be a non-negative integer")
-    sent_at = _sent_at(b.get("sent_at"))
+    sent_at = _sent_at(b.get("sent_at"), now)
     status = _status(b, required=False)
     metrics = _obj(b.get("metrics", {}), f"{where}metrics")
     if len(metrics) > MAX_METRICS:
@@ -181,12 +185,14 @@ def parse_agent(body: Any, *, backfill: bool = False, where: str = "") -> Beat:
     return Beat(status, dict(metrics), "agent", seq=seq, sent_at=sent_at, backfill=backfill)
 
 
-def parse_agent_batch(body: Any) -> list[Beat]:
+def parse_agent_batch(body: Any, *, now: datetime | None = None) -> list[Beat]:
     """A backfill batch ``{heartbeats: [...]}`` of 1..500 agent heartbeats; one bad item refuses all."""
     items = _obj(body).get("heartbeats")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise InvalidHeartbeat(f"heartbeats must be a list of 1 to {MAX_BATCH} heartbeats")
-    return [parse_agent(item, backfill=True, where=f"heartbeats[{i}].") for i, item in enumerate(items)]
+    return [
+        parse_agent(item, now=now, backfill=True, where=f"heartbeats[{i}].") for i, item in enumerate(items)
+    ]
 
 
 def heartbeat_event(beat: Beat, device_id: str, workspace_id: str, *, now: datetime) -> HeartbeatReceived:

@@ -78,6 +78,7 @@ A_BODIES: list[Any] = [
     {"seq": 1, "sent_at": "yesterday"},
     {"seq": 1, "sent_at": 1700000000},
     {"seq": 1, "sent_at": "1970-01-01T00:00:00Z"},
+    {"seq": 1, "sent_at": "2999-01-01T00:00:00Z"},
     {"seq": 1, "sent_at": OK_AT, "status": "sleeping"},
     {"seq": 1, "sent_at": OK_AT, "metrics": {"cpu": "NaN"}},
     {"seq": 1, "sent_at": OK_AT, "metrics": {"cpu": -5}},

@@ -154,3 +154,28 @@ async def test_retention_deletes_old_rows(world: World, worker: asyncio.Event) -
     assert await rows(world, dev.device_id) == 1  # the backfilled point is older than 7 days
     assert await rows(world, dev.device_id, "metric_rollup_1m") == 1
     assert await rows(world, dev.device_id, "metric_rollup_1h") == 2  # kept a year
+
+
+async def test_a_redelivered_batch_counts_once(world: World) -> None:
+    """At-least-once delivery: the same entries handled again change neither rows nor rollups."""
+    from libs.events.envelope import decode_entry, decode_event
+    from libs.events.projection import Delivery, projection_handler
+    from libs.events.schemas import REGISTRY
+
+    dev = await world.device()
+    for cpu in (10, 30):
+        body = {"status": "online", "metrics": {"cpu": cpu}}
+        assert (await world.post("/api/v1/device/heartbeat", body, headers=dev.s)).status_code == 200
+    assert world.host.redis is not None and world.host.pool is not None
+    batch = []
+    for entry_id, fields in await world.host.redis.xrange(world.stream):
+        env = decode_entry(fields)
+        batch.append(Delivery(world.stream, entry_id.decode(), env, decode_event(env, REGISTRY)))
+    handle = projection_handler(world.host.pool, timeseries_projection(world.host))
+    for _ in range(3):
+        await handle(batch)
+    assert await rows(world, dev.device_id) == 2
+    n, total = await world.host.pool.fetchrow(
+        "SELECT sum(n), sum(total) FROM metric_rollup_1h WHERE device_id = $1 AND name = 'cpu'", dev.device_id
+    )
+    assert (n, total) == (2, 40.0)
