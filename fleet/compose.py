@@ -71,7 +71,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 def apps(hosts: Mapping[str, ServiceHost]) -> dict[str, ASGIApp]:
     """Each service's ASGI app, its lifespan left to the launcher."""
-    return {name: host.build_app(manage_lifespan=False) for name, host in hosts.items()}
+    return {name: host.asgi_app(manage_lifespan=False) for name, host in hosts.items()}
 
 
 async def readiness(hosts: Mapping[str, ServiceHost]) -> dict[str, dict[str, str]]:

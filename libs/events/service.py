@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from . import migrate as migrations
 from .consumer import ConsumerRunner, Subscription
@@ -60,6 +61,8 @@ class ServiceSpec:
     # host (API, worker, launcher); `workers` only where the worker runs (e.g. a sweeper).
     background: Callable[[ServiceHost], Sequence[Task]] = lambda host: ()
     workers: Callable[[ServiceHost], Sequence[Task]] = lambda host: ()
+    # Wraps the FastAPI app, e.g. with a plain-ASGI fast path for a hot route.
+    asgi: Callable[[ServiceHost, ASGIApp], ASGIApp] = lambda host, app: app
 
     @property
     def schema(self) -> str:
@@ -190,6 +193,10 @@ class ServiceHost:
             app.include_router(router)
         return app
 
+    def asgi_app(self, *, manage_lifespan: bool = True) -> ASGIApp:
+        """The app to serve: the FastAPI app as the service's ``asgi`` hook wraps it."""
+        return self.spec.asgi(self, self.build_app(manage_lifespan=manage_lifespan))
+
     async def run_worker(self, stop: asyncio.Event) -> None:
         """Run the relay, the consumer runners and retention until ``stop`` is set."""
         assert self.redis is not None and self.pool is not None
@@ -267,6 +274,16 @@ class GracefulServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop when installed (about a fifth more heartbeats per core), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it on Linux
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def configure_logging(level: str) -> None:
     """Plain one-line logs on stderr."""
     logging.basicConfig(
@@ -341,11 +358,11 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     configure_tracing(spec.name, settings.otel_exporter)
     host = ServiceHost(spec, settings)
     if args.command == "api":
-        config = uvicorn.Config(host.build_app(), host=settings.host, port=settings.port, log_level="info")
-        asyncio.run(GracefulServer(config).serve())
+        config = uvicorn.Config(host.asgi_app(), host=settings.host, port=settings.port, log_level="info")
+        run_loop(GracefulServer(config).serve())
         return 0
     if args.command == "worker":
-        asyncio.run(_serve_worker(host))
+        run_loop(_serve_worker(host))
         return 0
     if args.command == "migrate":
         asyncio.run(_migrate_only(host))

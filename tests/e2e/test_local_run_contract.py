@@ -77,6 +77,23 @@ def test_demo_is_seeded_once_and_every_dialect_answers(fleet: Start, tmp_path, d
             json={"deviceId": demo["device_id"], "deviceSecret": rotated.json()["secret"]},
         )
         assert new.status_code == 200
+        # dialect S heartbeat with the new session: acknowledged, and presence turns the device online
+        session = {"X-Device-Session": new.json()["token"]}
+        hb = c.post(
+            "/api/v1/device/heartbeat",
+            json={"status": "healthy", "metrics": {"cpu": 12.5, "memory": 40, "uptime": 3600}},
+            headers=session,
+        )
+        assert hb.status_code == 200, hb.text
+        assert hb.json()["success"] is True and hb.json()["acknowledged"] is True
+        deadline = time.monotonic() + 10
+        while True:
+            dev = c.get(f"/api/v1/devices/{demo['device_id']}", headers=auth).json()
+            if dev["status"] == "online" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert (dev["status"], dev["status_reason"]) == ("online", "first_heartbeat")
+        assert dev["metrics"]["cpu"] == 12.5
         # dialect W: X-Workspace-ID is required
         w = c.post("/api/devices", json={"name": "esp", "device_type": "esp32"}, headers=auth)
         assert w.status_code == 400
@@ -93,6 +110,7 @@ def test_demo_is_seeded_once_and_every_dialect_answers(fleet: Start, tmp_path, d
         demo["owner_password"],
         demo["device_secret"],
         body["token"],
+        new.json()["token"],
         k.json()["api_key"],
         login.json()["access_token"],
         rotated.json()["secret"],
