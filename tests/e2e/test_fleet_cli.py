@@ -171,7 +171,20 @@ def test_rebuild_rejects_unknown_names() -> None:
     assert "auth, device, telemetry, commands, gateway" in unknown.stderr
     no_projection = fleet_cli("rebuild", "device", "x", DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     assert no_projection.returncode == 2
-    assert "device has no projection 'x' (known: none)" in no_projection.stderr
+    assert "device has no projection 'x' (known: presence)" in no_projection.stderr
     unconfigured = fleet_cli("rebuild", "device", "x")
     assert unconfigured.returncode == 2
     assert "DEVICE_DATABASE_URL (or DATABASE_URL)" in unconfigured.stderr
+
+
+def test_rebuild_a_real_projection(database_url, prefix) -> None:
+    done = fleet_cli(
+        "rebuild",
+        "device",
+        "presence",
+        DATABASE_URL=database_url,
+        STREAM_PREFIX=prefix,
+        SIGNING_KEY="k" * 40,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rebuilt presence: 0 events applied" in done.stdout
