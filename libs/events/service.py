@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -274,6 +276,19 @@ class GracefulServer(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+SPEC_ENV = "FLEET_SERVICE_SPEC"
+
+
+def app_from_env() -> ASGIApp:
+    """The served app of the spec named ``module:attr`` in ``FLEET_SERVICE_SPEC`` (for API workers)."""
+    module, _, attr = os.environ[SPEC_ENV].partition(":")
+    spec: ServiceSpec = getattr(importlib.import_module(module), attr)
+    settings = spec.load()
+    configure_logging(settings.log_level)
+    configure_tracing(spec.name, settings.otel_exporter)
+    return ServiceHost(spec, settings).asgi_app()
+
+
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when installed (about a fifth more heartbeats per core), else asyncio."""
     try:
@@ -343,7 +358,10 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     """``python -m services.<name> api|worker|migrate|rebuild PROJECTION``."""
     parser = argparse.ArgumentParser(prog=f"python -m services.{spec.name}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("api", help="serve the HTTP API")
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument(
+        "--workers", type=int, default=1, help="API processes sharing the port (one event loop per core)"
+    )
     sub.add_parser("worker", help="run the outbox relay and the stream consumers")
     sub.add_parser("migrate", help="apply pending migrations and exit")
     rb = sub.add_parser("rebuild", help="truncate a projection and replay the log into it")
@@ -357,6 +375,19 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     configure_tracing(spec.name, settings.otel_exporter)
     host = ServiceHost(spec, settings)
+    if args.command == "api" and args.workers > 1:
+        # uvicorn's supervisor forks the processes; each builds its own host from the same spec.
+        os.environ[SPEC_ENV] = f"services.{spec.name}.main:SPEC"
+        uvicorn.run(
+            "libs.events.service:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            loop="uvloop",
+            log_level="info",
+        )
+        return 0
     if args.command == "api":
         config = uvicorn.Config(host.asgi_app(), host=settings.host, port=settings.port, log_level="info")
         run_loop(GracefulServer(config).serve())

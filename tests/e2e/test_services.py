@@ -89,3 +89,36 @@ def test_missing_settings_exit_2_with_the_variable_named():
     assert proc.returncode == 2
     assert "DEVICE_REDIS_URL (or REDIS_URL)" in proc.stderr
     assert "DEVICE_DATABASE_URL (or DATABASE_URL)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_api_with_several_workers_serves_and_stops(database_url, prefix):
+    import psutil
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "DATABASE_URL": database_url,
+        "STREAM_PREFIX": prefix,
+        "SIGNING_KEY": "x" * 40,
+        "PYTHONPATH": str(ROOT),
+        "TELEMETRY_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.telemetry", "api", "--workers", "2"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", time.monotonic() + 60)
+        children = psutil.Process(proc.pid).children()
+        assert len(children) >= 2  # the supervisor's API processes
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        logs = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    assert code == 0, logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+    assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
