@@ -150,11 +150,11 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    """User + system CPU seconds of processes and their children (gone ones count 0)."""
+def cpu_seconds(procs: list[psutil.Process], children: bool = True) -> float:
+    """User + system CPU seconds of processes (and their children; gone ones count 0)."""
     total = 0.0
     for p in procs:
-        for q in [p, *_children(p)]:
+        for q in [p, *(_children(p) if children else [])]:
             with contextlib.suppress(psutil.Error):
                 t = q.cpu_times()
                 total += t.user + t.system
@@ -312,11 +312,12 @@ async def wrk_with_cpu(
     port: int, lua: Path, duration: float, connections: int, watched: dict[str, list[psutil.Process]]
 ) -> dict[str, Any]:
     """Run wrk in a thread; CPU share (of one core) of each watched group over the same window."""
-    before = {k: cpu_seconds(v) for k, v in watched.items()}
+    # a server's group lists its processes (Postgres' postmaster is every backend's parent)
+    before = {k: cpu_seconds(v, "(" not in k) for k, v in watched.items()}
     t0 = time.perf_counter()
     result = await asyncio.to_thread(run_wrk, port, lua, duration, connections)
     wall = time.perf_counter() - t0
-    result["cpu"] = {k: (cpu_seconds(v) - before[k]) / wall for k, v in watched.items()}
+    result["cpu"] = {k: (cpu_seconds(v, "(" not in k) - before[k]) / wall for k, v in watched.items()}
     return result
 
 
@@ -619,8 +620,8 @@ async def run(
             "device worker": [dev_worker],
             "device API": [dev_api],
             "Redis (shared)": redis_procs,
-            "Postgres, this run's connections": [p for p in pg_procs if p.pid in ours],
-            "Postgres, other processes (WAL writer, checkpointer, other databases)": [
+            "Postgres (this run's connections)": [p for p in pg_procs if p.pid in ours],
+            "Postgres (other processes: postmaster, WAL writer, other databases)": [
                 p for p in pg_procs if p.pid not in ours
             ],
         }
