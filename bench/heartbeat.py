@@ -803,6 +803,8 @@ def main() -> None:
         services = Services(Path(tmp))
         try:
             rows = asyncio.run(run(args, Path(tmp), services, cleanup))
+        except KeyboardInterrupt:
+            rows = []
         finally:
             for proc in list(WRK_RUNNING):
                 with contextlib.suppress(ProcessLookupError):
@@ -810,6 +812,8 @@ def main() -> None:
             services.stop()
             cleanup.pop("redis", None)  # its loop is gone; clean with a fresh client
             asyncio.run(clean(args, cleanup))
+    if not rows:
+        sys.exit("interrupted: processes stopped, database and keys removed")
     print(
         f"{machine()}, Python {platform.python_version()}, {started}, "
         f"`.venv/bin/python bench/heartbeat.py {' '.join(sys.argv[1:])}`\n"
