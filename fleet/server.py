@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -101,7 +102,10 @@ def _config(hosts: Mapping[str, ServiceHost]) -> uvicorn.Config:
 
     app = Dispatcher(apps(hosts), probe)
     # log_config=None: uvicorn logs through the launcher's logging setup.
-    return uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=5)
+    access_log = os.environ.get("FLEET_ACCESS_LOG", "").lower() in ("1", "true", "yes")
+    return uvicorn.Config(
+        app, lifespan="on", log_config=None, timeout_graceful_shutdown=5, access_log=access_log
+    )
 
 
 async def _serve(

@@ -384,12 +384,19 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             workers=args.workers,
+            access_log=settings.access_log,
             loop="uvloop",
             log_level="info",
         )
         return 0
     if args.command == "api":
-        config = uvicorn.Config(host.asgi_app(), host=settings.host, port=settings.port, log_level="info")
+        config = uvicorn.Config(
+            host.asgi_app(),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
         run_loop(GracefulServer(config).serve())
         return 0
     if args.command == "worker":

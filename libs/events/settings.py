@@ -37,6 +37,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     max_deliveries: int = 5
     otel_exporter: str = "none"
     relay_poll_s: float = 1.0
+    # Off by default: a line per request costs more CPU than the HTTP layer on the heartbeat path,
+    # and URLs may carry a path token (dialect W). Metrics (not logs) count requests.
+    access_log: bool = False
     signing_key: Annotated[
         str, msgspec.Meta(description="secret (>= 32 chars) that signs sessions; the same in every service")
     ] = ""
