@@ -36,6 +36,21 @@ def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_keys_left(run_id: str) -> Iterator[None]:
+    """At the end of the run, delete every key of this run's prefixes.
+
+    A relay started by a later test publishes the outbox rows that earlier tests left in a shared
+    service schema, to those tests' (already cleaned) prefixes; this sweeps them up.
+    """
+    yield
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"t{run_id}-*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def database_url(run_id: str) -> Iterator[str]:
     """A database of this run's own on the machine's Postgres, dropped at the end."""
