@@ -47,7 +47,10 @@ class Beat:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    # an integer beyond 64 bits is not a metric: float() of a huge one would overflow
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -(2**63) <= v < 2**63
+    return isinstance(v, float)
 
 
 def _obj(body: Any, what: str = "body") -> dict[str, Any]:
@@ -267,9 +270,12 @@ def _when(value: str | None, default: datetime, what: str) -> datetime:
         return default
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
+        at = (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidHeartbeat(f"{what} must be an ISO 8601 time") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    if not 2000 <= at.year <= 9000:  # keeps every span computed from it in range
+        raise InvalidHeartbeat(f"{what} must be between the years 2000 and 9000")
+    return at
 
 
 def chart_query(

@@ -41,7 +41,15 @@ async def test_s_accepts_every_token_header(world: World) -> None:
 
 async def test_s_placeholder_values_are_stored_as_sent_and_flagged(world: World) -> None:
     dev = await world.device()
-    metrics = {"cpu": "NaN", "memory": -5, "uptime": 1, "disk": 250, "temp": None, "x": {"a": 1}}
+    metrics = {
+        "cpu": "NaN",
+        "memory": -5,
+        "uptime": 1,
+        "disk": 250,
+        "temp": None,
+        "x": {"a": 1},
+        "big": 10**400,
+    }
     resp = await world.post(
         "/api/v1/device/heartbeat", {"status": "degraded", "metrics": metrics}, headers=dev.s
     )
@@ -49,7 +57,8 @@ async def test_s_placeholder_values_are_stored_as_sent_and_flagged(world: World)
     [beat] = await world.heartbeats()
     assert beat.metrics["cpu"] == "NaN" and beat.metrics["memory"] == -5 and beat.metrics["disk"] == 250
     assert beat.metrics["x"] == '{"a":1}'
-    assert sorted(beat.flags) == ["cpu", "disk", "memory", "temp", "x"]
+    assert beat.metrics["big"] == str(10**400)[: len(str(beat.metrics["big"]))]  # kept as text (truncated)
+    assert sorted(beat.flags) == ["big", "cpu", "disk", "memory", "temp", "x"]
 
 
 async def test_s_bad_tokens_are_401_invalid_token(world: World) -> None:

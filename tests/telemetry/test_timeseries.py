@@ -99,6 +99,9 @@ async def test_every_acknowledged_heartbeat_has_one_row_and_rollups(
         {"agg": "sum"},
         {"from": "yesterday"},
         {"from": "2026-01-02", "to": "2026-01-01"},
+        {"to": "0001-01-01T00:30:00"},
+        {"from": "0001-01-01T00:00+05:00"},
+        {"to": "9999-12-31T23:59:59-05:00"},
     ):
         resp = await world.client.get(url, params=bad, headers=headers)
         assert resp.status_code == 400, (bad, resp.text)
