@@ -50,6 +50,12 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable ``(ms, seq)`` pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
 _event_decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}

@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .envelope import UndecodableEntry, UnknownEventType, decode_entry, decode_event
+from .envelope import UndecodableEntry, UnknownEventType, decode_entry, decode_event, entry_key
 from .identity import IdentityIndex
 from .schemas import REGISTRY, Registry
 
@@ -106,7 +106,7 @@ class IdentityFeed:
             for entry_id, fields in entries:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
                 # The follower and catch_up read concurrently: apply each entry once, in order.
-                if not _after(eid, self.cursors[name]):
+                if entry_key(eid) <= entry_key(self.cursors[name]):
                     continue
                 self.cursors[name] = eid
                 n += 1
@@ -122,9 +122,3 @@ class IdentityFeed:
             log.warning("identity feed skipped an entry: %s", exc)
         except Exception:  # one bad entry must not stop the feed
             log.exception("identity feed could not apply an entry")
-
-
-def _after(a: str, b: str) -> bool:
-    ams, _, aseq = a.partition("-")
-    bms, _, bseq = b.partition("-")
-    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))

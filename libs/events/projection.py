@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .envelope import Envelope
+from .envelope import Envelope, entry_key
 from .pg import Conn
 from .schemas import Event
 
@@ -68,12 +68,6 @@ class Projection:
     apply: ApplyBatch
 
 
-def entry_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable ``(ms, seq)`` pair."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def quote_ident(name: str) -> str:
     """Quote a (possibly schema-qualified) table name we control."""
     return ".".join(f'"{part}"' for part in name.split("."))
@@ -87,19 +81,28 @@ async def checkpoints(conn: Conn, consumer: str) -> dict[str, tuple[int, int]]:
     return {r["stream"]: entry_key(r["entry_id"]) for r in rows}
 
 
+async def unapplied(
+    conn: Conn, tables: tuple[str, ...], consumer: str, batch: list[Delivery]
+) -> list[Delivery]:
+    """The deliveries a projection's transaction must still apply, claimed for ``consumer``.
+
+    Takes the projection's tables first, as a rebuild does: a rebuild in progress then makes this
+    wait before it touches processed_events, instead of deadlocking with it. Then skips entries at
+    or below the rebuild checkpoints and those already processed.
+    """
+    await conn.execute(f"LOCK TABLE {', '.join(quote_ident(t) for t in tables)} IN ROW EXCLUSIVE MODE")
+    done = await checkpoints(conn, consumer)
+    batch = [d for d in batch if d.stream not in done or entry_key(d.entry_id) > done[d.stream]]
+    fresh = await claim_events(conn, consumer, [d.envelope.id for d in batch])
+    return [d for d in batch if d.envelope.id in fresh]
+
+
 def projection_handler(pool: asyncpg.Pool, projection: Projection) -> BatchHandler:
     """A batch handler applying each new event once: effect and processed_events in one tx."""
-    lock = f"LOCK TABLE {', '.join(quote_ident(t) for t in projection.tables)} IN ROW EXCLUSIVE MODE"
 
     async def handle(batch: list[Delivery]) -> None:
         async with pool.acquire() as conn, conn.transaction():
-            # Take the tables first, as a rebuild does: a rebuild in progress then makes this wait
-            # before it touches processed_events, instead of deadlocking with it.
-            await conn.execute(lock)
-            done = await checkpoints(conn, projection.consumer)
-            batch = [d for d in batch if d.stream not in done or entry_key(d.entry_id) > done[d.stream]]
-            fresh = await claim_events(conn, projection.consumer, [d.envelope.id for d in batch])
-            todo = [d for d in batch if d.envelope.id in fresh]
+            todo = await unapplied(conn, projection.tables, projection.consumer, batch)
             if todo:
                 await projection.apply(conn, todo)
 

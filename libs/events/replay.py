@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from .envelope import Envelope, UndecodableEntry, UnknownEventType, decode_entry, decode_event
+from .envelope import Envelope, UndecodableEntry, UnknownEventType, decode_entry, decode_event, entry_key
 from .projection import Delivery, Projection, quote_ident
 from .schemas import REGISTRY, Registry
 
@@ -41,10 +41,10 @@ class ReplayFilter:
         """Narrow XRANGE bounds with the time filter."""
         if self.since is not None:
             since_id = f"{int(self.since.timestamp() * 1000)}-0"
-            start = since_id if start in ("-", "0", "0-0") else max(start, since_id, key=_id_key)
+            start = since_id if start in ("-", "0", "0-0") else max(start, since_id, key=entry_key)
         if self.until is not None:
             until_id = f"{int(self.until.timestamp() * 1000)}-{2**64 - 1}"
-            end = until_id if end == "+" else min(end, until_id, key=_id_key)
+            end = until_id if end == "+" else min(end, until_id, key=entry_key)
         return start, end
 
     def matches(self, fields: dict[bytes, bytes], envelope: Envelope) -> bool:
@@ -189,13 +189,13 @@ async def _merged(
     for i, it in enumerate(iterators):
         first = await anext(it, None)
         if first is not None:
-            heapq.heappush(heads, (_id_key(first[0]), i, first[0], first[1]))
+            heapq.heappush(heads, (entry_key(first[0]), i, first[0], first[1]))
     while heads:
         _key, i, entry_id, fields = heapq.heappop(heads)
         yield streams[i], entry_id, fields
         nxt = await anext(iterators[i], None)
         if nxt is not None:
-            heapq.heappush(heads, (_id_key(nxt[0]), i, nxt[0], nxt[1]))
+            heapq.heappush(heads, (entry_key(nxt[0]), i, nxt[0], nxt[1]))
 
 
 async def _pages(
@@ -213,11 +213,6 @@ async def _pages(
             nxt = asyncio.ensure_future(redis.xrange(stream, min=lo, max="+", count=page_size))
         for entry_id, fields in page:
             yield _s(entry_id), fields
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _s(value: bytes | str) -> str:

@@ -17,14 +17,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .envelope import entry_key
 from .stats import group_stats, list_streams
 
 log = logging.getLogger(__name__)
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 async def safe_trim_id(redis: aioredis.Redis, stream: str) -> str | None:
@@ -42,9 +38,9 @@ async def safe_trim_id(redis: aioredis.Redis, stream: str) -> str | None:
             oldest = summary.get("min")
             candidates.append(oldest.decode() if isinstance(oldest, bytes) else str(oldest))
         else:
-            ms, seq = _key(g.last_delivered_id)
+            ms, seq = entry_key(g.last_delivered_id)
             candidates.append(f"{ms}-{seq + 1}")
-    return min(candidates, key=_key)
+    return min(candidates, key=entry_key)
 
 
 async def trim_acknowledged(
@@ -60,7 +56,7 @@ async def trim_acknowledged(
         return 0
     if max_age_s is not None:
         age_id = f"{int((time.time() - max_age_s) * 1000)}-0"
-        threshold = min(threshold, age_id, key=_key)
+        threshold = min(threshold, age_id, key=entry_key)
     removed: int = await redis.xtrim(stream, minid=threshold, approximate=approximate)
     return removed
 

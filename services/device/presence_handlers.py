@@ -16,7 +16,7 @@ from typing import Any
 
 from libs.events.outbox import Outbox
 from libs.events.pg import Conn
-from libs.events.projection import Delivery, Projection, checkpoints, claim_events, entry_key
+from libs.events.projection import Delivery, Projection, unapplied
 from libs.events.schemas import Event
 from libs.events.schemas.device import DeviceStatusChanged
 from libs.events.schemas.gateway import AgentConnected, AgentDisconnected
@@ -115,15 +115,9 @@ class PresenceService:
     async def handle(self, batch: list[Delivery]) -> None:
         """Batch handler: one transaction per read batch, each event applied once."""
         async with self._outbox().transaction() as tx:
-            conn = tx.conn
-            # As projection_handler does: wait for a rebuild in progress, skip what it applied.
-            await conn.execute("LOCK TABLE presence IN ROW EXCLUSIVE MODE")
-            done = await checkpoints(conn, CONSUMER)
-            batch = [d for d in batch if d.stream not in done or entry_key(d.entry_id) > done[d.stream]]
-            fresh = await claim_events(conn, CONSUMER, [d.envelope.id for d in batch])
-            todo = [d for d in batch if d.envelope.id in fresh]
+            todo = await unapplied(tx.conn, ("presence",), CONSUMER, batch)
             if todo:
-                await apply_batch(conn, todo, defaults=self.defaults, emit=tx.emit)
+                await apply_batch(tx.conn, todo, defaults=self.defaults, emit=tx.emit)
 
     async def sweep_once(self, now: datetime | None = None, limit: int = 500) -> int:
         """Apply passed deadlines of up to ``limit`` devices in one transaction; returns how many."""
