@@ -15,6 +15,8 @@ class AgentConnected(Event, frozen=True, tag="gateway.agent_connected.v1"):
     gateway_id: str
     dialect: str
     at: datetime
+    # one socket's id: a close only counts for the socket it closes (a newer one may be open)
+    connection_id: str = ""
 
 
 class AgentDisconnected(Event, frozen=True, tag="gateway.agent_disconnected.v1"):
@@ -26,6 +28,7 @@ class AgentDisconnected(Event, frozen=True, tag="gateway.agent_disconnected.v1")
     dialect: str
     at: datetime
     reason: str = "socket_closed"
+    connection_id: str = ""
 
 
 EVENTS: tuple[type[Event], ...] = (AgentConnected, AgentDisconnected)

@@ -18,6 +18,8 @@ class HeartbeatReceived(Event, frozen=True, tag="telemetry.heartbeat.v1"):
     status: str = "online"
     seq: int | None = None
     sent_at: datetime | None = None
+    # the agent's run (a fresh id each time it starts): its ``seq`` restarts with a new boot
+    boot: str | None = None
     metrics: dict[str, MetricValue] = {}
     backfill: bool = False
     # which wire dialect sent it: "s" (session), "k" (API key metrics) or "agent"
