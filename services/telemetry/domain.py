@@ -116,6 +116,15 @@ def _finite(name: str, value: Any, lo: float, hi: float) -> float:
     return value  # type: ignore[no-any-return]
 
 
+def _count(name: str, value: Any) -> int:
+    # Some clients' JSON writes every number as a float: a whole 3.0 is the count 3 (3.5 is not).
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
+        raise InvalidHeartbeat(f"{name} must be a non-negative integer")
+    return value
+
+
 def parse_k(body: Any, device_id: str) -> Beat:
     """Dialect K metrics: strictly typed and ranged; a body for another device is refused."""
     b = _obj(body)
@@ -129,12 +138,8 @@ def parse_k(body: Any, device_id: str) -> Beat:
         if b.get(name) is not None:
             metrics[name] = _finite(name, b[name], 0, 100)
     for name in K_COUNTS:
-        value = b.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
-            raise InvalidHeartbeat(f"{name} must be a non-negative integer")
-        metrics[name] = value
+        if b.get(name) is not None:
+            metrics[name] = _count(name, b[name])
     if b.get("network_latency_ms") is not None:
         metrics["network_latency_ms"] = _finite("network_latency_ms", b["network_latency_ms"], 0, 1e7 - 1e-9)
     if b.get("transaction_volume") is not None:

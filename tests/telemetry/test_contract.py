@@ -100,6 +100,21 @@ async def test_k_metrics_is_exactly_201(world: World) -> None:
     assert beat.metrics["transaction_count"] == 5
 
 
+async def test_k_counts_may_be_whole_number_floats(world: World) -> None:
+    """Some clients' JSON writes every number as a float: 3.0 is the count 3."""
+    dev = await world.device()
+    body = {"transaction_count": 3.0, "active_connections": 12.0}
+    resp = await world.post("/api/v1/analytics/device-metrics", body, headers=dev.k)
+    assert resp.status_code == 201, resp.text
+    [beat] = await world.heartbeats()
+    assert beat.metrics == {"transaction_count": 3, "active_connections": 12}
+    assert all(type(v) is int for v in beat.metrics.values())
+    for bad in ({"transaction_count": 3.5}, {"active_connections": 0.1}, {"active_connections": True}):
+        resp = await world.post("/api/v1/analytics/device-metrics", bad, headers=dev.k)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "VALIDATION_ERROR", bad
+    assert await world.length() == 1
+
+
 async def test_k_wrong_pair_is_401_and_other_device_is_403(world: World) -> None:
     dev, other = await world.device(), await world.device()
     for headers in (

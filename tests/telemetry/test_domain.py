@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from services.telemetry.domain import DeviceRateLimit, chart_points, heartbeat_event, parse_s
+import pytest
+
+from services.telemetry.domain import (
+    DeviceRateLimit,
+    InvalidHeartbeat,
+    chart_points,
+    heartbeat_event,
+    parse_k,
+    parse_s,
+)
 
 
 def test_rate_window_counts_per_device_and_resets() -> None:
@@ -20,3 +29,20 @@ def test_flagged_values_stay_off_charts() -> None:
     assert sorted(beat.flags) == ["cpu", "ok", "uptime"]
     event = heartbeat_event(beat, "d", "w", now=datetime.now(UTC))
     assert chart_points(event) == {"memory": 20.0}
+
+
+def test_k_counts_accept_whole_number_floats() -> None:
+    body = {"transaction_count": 3.0, "active_connections": -0.0, "cpu_percent": 1.0}
+    beat = parse_k(body, "d")
+    assert beat.metrics["transaction_count"] == 3 and type(beat.metrics["transaction_count"]) is int
+    assert beat.metrics["active_connections"] == 0 and type(beat.metrics["active_connections"]) is int
+    assert type(beat.metrics["cpu_percent"]) is float  # only the counts become integers
+
+
+@pytest.mark.parametrize(
+    "value", [3.5, -1.0, float("nan"), float("inf"), 1e20, 2.0**63, True, False, "3", [3], -1, 2**63]
+)
+def test_k_counts_refuse_what_is_not_a_count(value: object) -> None:
+    for name in ("transaction_count", "active_connections"):
+        with pytest.raises(InvalidHeartbeat, match=name):
+            parse_k({name: value}, "d")
