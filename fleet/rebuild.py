@@ -12,6 +12,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("rebuild", help="truncate a service's projection and replay the log into it")
     p.add_argument("service", help="auth, device, telemetry, commands or gateway")
     p.add_argument("projection", help="the projection's name")
+    p.add_argument(
+        "--allow-trimmed",
+        action="store_true",
+        help="rebuild even when retention trimmed the source streams (the model forgets what they said)",
+    )
     p.set_defaults(run=run)
 
 
@@ -38,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         names = ", ".join(known) or "none"
         raise CommandError(f"{spec.name} has no projection {args.projection!r} (known: {names})", code=2)
     try:
-        asyncio.run(rebuild_projection(host, args.projection))
+        asyncio.run(rebuild_projection(host, args.projection, allow_trimmed=args.allow_trimmed))
     except SettingsError as exc:
         raise CommandError(str(exc), code=2) from None
     except (OSError, asyncpg.PostgresError) as exc:

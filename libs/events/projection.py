@@ -82,17 +82,21 @@ async def checkpoints(conn: Conn, consumer: str) -> dict[str, tuple[int, int]]:
 
 
 async def unapplied(
-    conn: Conn, tables: tuple[str, ...], consumer: str, batch: list[Delivery]
+    conn: Conn, tables: tuple[str, ...], consumer: str, batch: list[Delivery], *, claim: bool = True
 ) -> list[Delivery]:
     """The deliveries a projection's transaction must still apply, claimed for ``consumer``.
 
     Takes the projection's tables first, as a rebuild does: a rebuild in progress then makes this
     wait before it touches processed_events, instead of deadlocking with it. Then skips entries at
-    or below the rebuild checkpoints and those already processed.
+    or below the rebuild checkpoints and those already processed. ``claim=False`` is for a
+    projection that is idempotent by itself (it keeps its own per-key stream positions): no
+    processed_events rows are written for it.
     """
     await conn.execute(f"LOCK TABLE {', '.join(quote_ident(t) for t in tables)} IN ROW EXCLUSIVE MODE")
     done = await checkpoints(conn, consumer)
     batch = [d for d in batch if d.stream not in done or entry_key(d.entry_id) > done[d.stream]]
+    if not claim:
+        return batch
     fresh = await claim_events(conn, consumer, [d.envelope.id for d in batch])
     return [d for d in batch if d.envelope.id in fresh]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .envelope import Envelope, UndecodableEntry, UnknownEventType, decode_entry, decode_event, entry_key
 from .projection import Delivery, Projection, quote_ident
@@ -104,6 +105,27 @@ def _record(stream: str, entry_id: str, fields: dict[bytes, bytes], flt: ReplayF
 Progress = Callable[[int, int], None]
 
 
+class TrimmedStreams(Exception):
+    """A rebuild would start from streams that lost entries (retention): it would forget them."""
+
+
+async def trimmed(redis: aioredis.Redis, streams: Collection[str]) -> dict[str, tuple[int, int]]:
+    """Per stream that lost entries (trimmed or deleted): (entries kept, entries ever added).
+
+    Uses ``entries-added`` (Redis 7); a server without it cannot tell, and nothing is reported.
+    """
+    out = {}
+    for stream in streams:
+        try:
+            info = await redis.xinfo_stream(stream)
+        except ResponseError:  # no such stream: nothing lost
+            continue
+        added, length = info.get("entries-added"), int(info["length"])
+        if added is not None and int(added) > length:
+            out[stream] = (length, int(added))
+    return out
+
+
 async def rebuild(
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
@@ -112,6 +134,7 @@ async def rebuild(
     registry: Registry = REGISTRY,
     page_size: int = 5000,
     progress: Progress | None = None,
+    allow_trimmed: bool = False,
 ) -> int:
     """Truncate the projection's tables, then replay its streams into it; returns events applied.
 
@@ -119,7 +142,20 @@ async def rebuild(
     same tables first) waits, then skips every entry at or below the checkpoint recorded here per
     stream, so nothing is applied twice. Checkpoints replace per-event processed_events rows, and
     the next page is read and decoded while the previous one is written.
+
+    Refuses (TrimmedStreams, nothing touched) when a source stream has lost entries to retention,
+    since the rebuilt model would forget what they said, unless ``allow_trimmed``.
     """
+    lost = await trimmed(redis, projection.streams)
+    if lost and not allow_trimmed:
+        what = "; ".join(
+            f"{s} keeps {kept:,} of the {added:,} entries it had" for s, (kept, added) in lost.items()
+        )
+        raise TrimmedStreams(
+            f"refusing to rebuild {projection.name!r}: {what}. The rebuilt model would forget what the "
+            "trimmed entries said (older history, devices last seen before them). Rebuild anyway with "
+            "--allow-trimmed."
+        )
     total = sum([int(await redis.xlen(s)) for s in projection.streams])
     wanted = frozenset(t.encode() for t in projection.types)
     seen = applied = 0

@@ -35,7 +35,7 @@ from .identity import Signer
 from .identity_feed import IdentityFeed
 from .outbox import OutboxRelay
 from .projection import Projection
-from .replay import rebuild
+from .replay import TrimmedStreams, rebuild
 from .retention import RetentionPolicy, run_retention
 from .settings import ServiceSettings, SettingsError, consumer_name, load_settings
 from .tracing import configure_tracing
@@ -321,7 +321,7 @@ async def _serve_worker(host: ServiceHost) -> None:
         await host.stop()
 
 
-async def rebuild_projection(host: ServiceHost, name: str) -> int:
+async def rebuild_projection(host: ServiceHost, name: str, *, allow_trimmed: bool = False) -> int:
     """Rebuild one of the service's projections with a progress bar; returns events applied."""
     await host.start()
     try:
@@ -331,7 +331,17 @@ async def rebuild_projection(host: ServiceHost, name: str) -> int:
             raise SettingsError(f"{host.spec.name} has no projection {name!r} (known: {known})")
         assert host.pool is not None and host.redis is not None
         started = time.monotonic()
-        n = await rebuild(host.pool, host.redis, projections[name], progress=progress_printer(name))
+        projection = projections[name]
+        try:
+            n = await rebuild(
+                host.pool,
+                host.redis,
+                projection,
+                progress=progress_printer(name),
+                allow_trimmed=allow_trimmed,
+            )
+        except TrimmedStreams as exc:
+            raise SettingsError(str(exc)) from None
         sys.stderr.write("\n")
         print(f"rebuilt {name}: {n} events applied in {time.monotonic() - started:.1f}s")
         return n
@@ -366,6 +376,9 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply pending migrations and exit")
     rb = sub.add_parser("rebuild", help="truncate a projection and replay the log into it")
     rb.add_argument("projection")
+    rb.add_argument(
+        "--allow-trimmed", action="store_true", help="rebuild even from streams retention trimmed"
+    )
     args = parser.parse_args(argv)
     try:
         settings = spec.load()
@@ -406,7 +419,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate_only(host))
         return 0
     try:
-        asyncio.run(rebuild_projection(host, args.projection))
+        asyncio.run(rebuild_projection(host, args.projection, allow_trimmed=args.allow_trimmed))
     except SettingsError as exc:
         print(f"{spec.name}: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ import redis.asyncio as aioredis
 from opentelemetry import metrics
 from redis.exceptions import ResponseError
 
+from .envelope import entry_key
+
 
 @dataclass(frozen=True)
 class GroupStats:
@@ -73,6 +75,28 @@ async def stream_stats(redis: aioredis.Redis, stream: str) -> StreamStats:
         last_id=_s(last[0][0]) if last else None,
         groups=await group_stats(redis, stream),
     )
+
+
+async def oldest_unhandled_ms(redis: aioredis.Redis, stream: str, group: str) -> int | None:
+    """The time (ms, from its entry id) of the oldest entry ``group`` has not acknowledged yet.
+
+    That is the oldest pending entry or the first one never delivered; None when the group has
+    acknowledged every entry (or neither stream nor entries exist). Everything the stream holds
+    from before this time has been handled: a reader of the projection may trust it up to there.
+    """
+    group_info = next((g for g in await group_stats(redis, stream) if g.group == group), None)
+    if group_info is None:  # no group yet: it will start from the first entry
+        first = await redis.xrange(stream, count=1)
+        return entry_key(_s(first[0][0]))[0] if first else None
+    candidates = []
+    if group_info.pending:
+        summary = await redis.xpending(stream, group)
+        if summary.get("min"):
+            candidates.append(entry_key(_s(summary["min"]))[0])
+    after = await redis.xrange(stream, min=f"({group_info.last_delivered_id}", count=1)
+    if after:
+        candidates.append(entry_key(_s(after[0][0]))[0])
+    return min(candidates) if candidates else None
 
 
 async def list_streams(redis: aioredis.Redis, prefix: str = "") -> list[str]:

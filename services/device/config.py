@@ -18,3 +18,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     presence_timeout_s: float = 90.0
     # How often the sweeper looks for passed deadlines (offline is reported within this of the deadline).
     presence_sweep_s: float = 0.2
+    # Deadlines are applied only this far behind the oldest heartbeat not yet handled (and behind now):
+    # room for a request between its received_at and its stream entry. Offline is reported within
+    # sweep + grace of the deadline.
+    presence_grace_s: float = 0.25

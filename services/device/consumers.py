@@ -10,11 +10,12 @@ from libs.events.consumer import Subscription
 from libs.events.outbox import Outbox
 from libs.events.projection import Projection
 from libs.events.service import ServiceHost
+from libs.events.stats import oldest_unhandled_ms
 
 from .config import Settings
 from .handlers import STREAM
 from .presence import Timing
-from .presence_handlers import CONSUMER, GATEWAY, HEARTBEATS, TYPES, PresenceService, projection
+from .presence_handlers import CONSUMER, GATEWAY, HEARTBEATS, TYPES, PresenceService, horizon_of, projection
 
 
 def presence_service(host: ServiceHost) -> PresenceService:
@@ -29,8 +30,15 @@ def presence_service(host: ServiceHost) -> PresenceService:
             outbox.append(Outbox(host.pool, host.redis, producer="device", stream=host.stream(STREAM)))
         return outbox[0]
 
+    async def oldest() -> list[int | None]:
+        assert host.redis is not None
+        return [
+            await oldest_unhandled_ms(host.redis, host.stream(st), CONSUMER) for st in (HEARTBEATS, GATEWAY)
+        ]
+
     defaults = Timing(s.presence_interval_s, s.presence_timeout_s)
-    return PresenceService(get, defaults, sweep_s=s.presence_sweep_s)
+    horizon = horizon_of(oldest, s.presence_grace_s)
+    return PresenceService(get, defaults, horizon, sweep_s=s.presence_sweep_s)
 
 
 def subscriptions(host: ServiceHost) -> list[Subscription]:

@@ -70,10 +70,12 @@ class Presence:
     last_seen: datetime | None = None
     last_seq: int | None = None
     last_time: datetime | None = None  # sent_at (else received_at) of the last accepted heartbeat
+    boot: str | None = None  # the agent run that sent the last accepted heartbeat
     late_at: datetime | None = None
     offline_at: datetime | None = None
     connected: bool = False
-    last_late: datetime | None = None  # when the device last went (or would have gone) late
+    connection_id: str | None = None  # the socket that made it connected
+    last_late: datetime | None = None  # when the device last went late (reported)
     flap_window_s: float = DEFAULT_TIMEOUT_S
     quiet_before: datetime | None = None
 
@@ -92,6 +94,7 @@ class Beat:
     status: str = ONLINE
     seq: int | None = None
     sent_at: datetime | None = None
+    boot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Connected:
     """The agent opened a socket."""
 
     at: datetime
+    connection_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Disconnected:
 
     at: datetime
     reason: str = SOCKET_CLOSED
+    connection_id: str = ""
 
 
 Signal = Beat | Connected | Disconnected
@@ -125,12 +130,17 @@ class Transition:
 def is_fresh(state: Presence, beat: Beat) -> bool:
     """Whether a heartbeat is newer than the last accepted one (duplicates and stragglers are not).
 
-    By sequence number when both have one and the device is not offline (an offline device may
-    have restarted and reset its counter); otherwise by ``sent_at``, else ``received_at``.
+    Within one agent run (same ``boot``) by sequence number; a heartbeat of another run by time (a
+    restarted agent counts from 0 again; a straggler of the previous run is older). Without boot
+    ids, by sequence number while the device is not offline (an offline device may have restarted
+    and reset its counter); otherwise by ``sent_at``, else ``received_at``.
     """
-    if beat.seq is not None and state.last_seq is not None and state.status != OFFLINE:
-        return beat.seq > state.last_seq
     when = beat.sent_at or beat.received_at
+    if beat.boot is not None and state.boot is not None and beat.boot != state.boot:
+        return state.last_time is None or when > state.last_time
+    same_run = beat.boot is not None and beat.boot == state.boot
+    if beat.seq is not None and state.last_seq is not None and (same_run or state.status != OFFLINE):
+        return beat.seq > state.last_seq
     return state.last_time is None or when > state.last_time
 
 
@@ -147,8 +157,8 @@ def advance(state: Presence, now: datetime, out: list[Transition]) -> Presence:
     if state.late_at is not None and state.late_at <= now and state.status == ONLINE:
         at = state.late_at
         damped = state.last_late is not None and at - state.last_late < timedelta(seconds=state.flap_window_s)
-        if damped:
-            state = dataclasses.replace(state, late_at=None, last_late=at)
+        if damped:  # the window counts from the last *reported* late, so it does not slide
+            state = dataclasses.replace(state, late_at=None)
         else:
             state = _move(state, LATE, HEARTBEAT_MISSED, at, out, late_at=None, last_late=at)
     if state.offline_at is not None and state.offline_at <= now and state.status != OFFLINE:
@@ -169,13 +179,20 @@ def observe(state: Presence, signal: Signal, timing: Timing, out: list[Transitio
     state = advance(state, at, out)
     state = dataclasses.replace(state, flap_window_s=timing.flap_window.total_seconds())
     if isinstance(signal, Connected):
-        return _alive(state, at, out, connected=True, last_seen=at, late_at=None, offline_at=None)
+        seen_at = max(at, state.last_seen) if state.last_seen else at
+        changes = {"connected": True, "connection_id": signal.connection_id or None, "last_seen": seen_at}
+        return _alive(state, at, out, **changes, late_at=None, offline_at=None)
     if isinstance(signal, Disconnected):
+        if signal.connection_id and state.connection_id and signal.connection_id != state.connection_id:
+            return state  # an older socket closed; the device holds a newer one
+        if not state.connected and state.status == OFFLINE:
+            return state
         reason = AGENT_SHUTDOWN if signal.reason == AGENT_SHUTDOWN else SOCKET_CLOSED
-        return _move(state, OFFLINE, reason, at, out, connected=False, late_at=None, offline_at=None)
+        changes = {"connected": False, "connection_id": None, "late_at": None, "offline_at": None}
+        return _move(state, OFFLINE, reason, at, out, **changes)
     if not is_fresh(state, signal):
         return state
-    seen = {"last_seen": at, "last_seq": signal.seq, "last_time": signal.sent_at or at}
+    seen = {"last_seen": at, "last_seq": signal.seq, "last_time": signal.sent_at or at, "boot": signal.boot}
     if signal.status == OFFLINE:
         return _move(state, OFFLINE, AGENT_SHUTDOWN, at, out, late_at=None, offline_at=None, **seen)
     if state.connected:

@@ -1,7 +1,10 @@
 """Presence use-cases: fold a batch of heartbeats/connections per device, and sweep passed deadlines.
 
-The live path writes states, the registry mirror and ``device.status_changed`` outbox rows in one
-transaction with the batch's processed_events rows; a rebuild runs the same fold and emits nothing.
+The live path writes states and ``device.status_changed`` outbox rows in one transaction. Each
+device row keeps the last entry it applied from each stream, so a redelivered or older entry is
+skipped without a processed_events row per heartbeat. A rebuild runs the same fold and emits nothing.
+The sweeper applies deadlines only up to what the consumer has handled: a backlog (or a worker that
+was down) must not make devices look offline while their heartbeats wait in the stream.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from libs.events.envelope import entry_key
 from libs.events.outbox import Outbox
 from libs.events.pg import Conn
 from libs.events.projection import Delivery, Projection, unapplied
@@ -25,25 +30,40 @@ from libs.events.schemas.telemetry import HeartbeatReceived
 from . import presence_store
 from .presence import Beat, Connected, Disconnected, Presence, Signal, Timing, Transition, advance, observe
 from .presence import timing_from as _timing
+from .presence_store import Save
 
 log = logging.getLogger(__name__)
 CONSUMER = "device.presence"
 HEARTBEATS, GATEWAY = "telemetry:heartbeats", "events:gateway"
 TYPES = frozenset({"telemetry.heartbeat.v1", "gateway.agent_connected.v1", "gateway.agent_disconnected.v1"})
 Emit = Callable[[Sequence[Event]], Any]
+Horizon = Callable[[], Awaitable[datetime]]
 
 
-def signal_of(event: Event) -> tuple[str, Signal, dict[str, Any] | None] | None:
-    """The device and presence signal an event carries (backfilled heartbeats carry none)."""
+@dataclass(frozen=True)
+class Found:
+    """A delivery's presence signal: its device, its source stream ("hb"/"gw") and entry."""
+
+    device_id: str
+    source: str
+    entry_id: str
+    signal: Signal | None  # None: a backfilled heartbeat (moves the position, not the state)
+    metrics: dict[str, Any] | None = None
+
+
+def signal_of(d: Delivery) -> Found | None:
+    """The device and presence signal a delivery carries (backfilled heartbeats carry none)."""
+    event = d.event
     if isinstance(event, HeartbeatReceived):
         if event.backfill:
-            return None
-        beat = Beat(event.received_at, event.status, event.seq, event.sent_at)
-        return event.device_id, beat, dict(event.metrics) or None
+            return Found(event.device_id, "hb", d.entry_id, None)
+        beat = Beat(event.received_at, event.status, event.seq, event.sent_at, event.boot)
+        return Found(event.device_id, "hb", d.entry_id, beat, dict(event.metrics) or None)
     if isinstance(event, AgentConnected):
-        return event.device_id, Connected(event.at), None
+        return Found(event.device_id, "gw", d.entry_id, Connected(event.at, event.connection_id))
     if isinstance(event, AgentDisconnected):
-        return event.device_id, Disconnected(event.at, event.reason), None
+        signal = Disconnected(event.at, event.reason, event.connection_id)
+        return Found(event.device_id, "gw", d.entry_id, signal)
     return None
 
 
@@ -62,17 +82,27 @@ def status_events(device_id: str, workspace_id: str, out: list[Transition]) -> l
     ]
 
 
+def _newer(entry_id: str, position: str | None) -> bool:
+    return position is None or entry_key(entry_id) > entry_key(position)
+
+
 def _fold(
-    state: Presence, signals: list[tuple[Signal, dict[str, Any] | None]], timing: Timing
-) -> tuple[Presence, list[Transition], dict[str, Any] | None]:
+    state: Presence, row: presence_store.Row, found: list[Found], timing: Timing
+) -> tuple[Save, list[Transition]]:
     out: list[Transition] = []
     metrics = None
-    for signal, m in signals:
-        new = observe(state, signal, timing, out)
-        if m is not None and (new.last_seq, new.last_time) != (state.last_seq, state.last_time):
-            metrics = m  # only an accepted heartbeat's metrics are the latest
+    positions = dict(row.positions)
+    for f in found:
+        if not _newer(f.entry_id, positions.get(f.source)):
+            continue  # applied before (a redelivery), or older than what this device already has
+        positions[f.source] = f.entry_id
+        if f.signal is None:
+            continue
+        new = observe(state, f.signal, timing, out)
+        if f.metrics is not None and (new.last_seq, new.last_time) != (state.last_seq, state.last_time):
+            metrics = f.metrics  # only an accepted heartbeat's metrics are the latest
         state = new
-    return state, out, metrics
+    return Save(row.device_id, state, positions, metrics), out
 
 
 async def apply_batch(
@@ -84,10 +114,10 @@ async def apply_batch(
     quiet_before: datetime | None = None,
 ) -> None:
     """Fold a batch per device, save every touched device at once, emit only real transitions."""
-    per_device: dict[str, list[tuple[Signal, dict[str, Any] | None]]] = {}
+    per_device: dict[str, list[Found]] = {}
     for d in batch:
-        if (found := signal_of(d.event)) is not None:
-            per_device.setdefault(found[0], []).append((found[1], found[2]))
+        if (found := signal_of(d)) is not None:
+            per_device.setdefault(found.device_id, []).append(found)
     if not per_device:
         return
     rows = await presence_store.lock(conn, sorted(per_device))
@@ -98,8 +128,8 @@ async def apply_batch(
         if quiet_before is not None:
             state = dataclasses.replace(state, quiet_before=quiet_before)
         timing = _timing(row.metadata, row.workspace, base)
-        state, out, metrics = _fold(state, per_device[device_id], timing)
-        saved.append((device_id, state, metrics))
+        save, out = _fold(state, row, per_device[device_id], timing)
+        saved.append(save)
         events += status_events(device_id, row.workspace_id, out)
     await presence_store.save(conn, saved)
     if emit is not None and events:
@@ -109,26 +139,28 @@ async def apply_batch(
 class PresenceService:
     """The live presence consumer and sweeper of one host."""
 
-    def __init__(self, outbox: Callable[[], Outbox], defaults: Timing, *, sweep_s: float = 0.2) -> None:
-        self._outbox, self.defaults, self.sweep_s = outbox, defaults, sweep_s
+    def __init__(
+        self, outbox: Callable[[], Outbox], defaults: Timing, horizon: Horizon, *, sweep_s: float = 0.2
+    ) -> None:
+        self._outbox, self.defaults, self.horizon, self.sweep_s = outbox, defaults, horizon, sweep_s
 
     async def handle(self, batch: list[Delivery]) -> None:
-        """Batch handler: one transaction per read batch, each event applied once."""
+        """Batch handler: one transaction per read batch, each entry applied once (by stream position)."""
         async with self._outbox().transaction() as tx:
-            todo = await unapplied(tx.conn, ("presence",), CONSUMER, batch)
+            todo = await unapplied(tx.conn, ("presence",), CONSUMER, batch, claim=False)
             if todo:
                 await apply_batch(tx.conn, todo, defaults=self.defaults, emit=tx.emit)
 
     async def sweep_once(self, now: datetime | None = None, limit: int = 500) -> int:
-        """Apply passed deadlines of up to ``limit`` devices in one transaction; returns how many."""
-        now = now or datetime.now(UTC)
+        """Apply deadlines passed by ``now`` (default: the horizon) of up to ``limit`` devices."""
+        now = now or await self.horizon()
         async with self._outbox().transaction() as tx:
             rows = await presence_store.due(tx.conn, now, limit)
             saved = []
             for row in rows:
                 out: list[Transition] = []
                 state = advance(row.state, now, out)
-                saved.append((row.device_id, state, None))
+                saved.append(Save(row.device_id, state, row.positions))
                 tx.emit(status_events(row.device_id, row.workspace_id, out))
             await presence_store.save(tx.conn, saved)
         return len(rows)
@@ -139,10 +171,25 @@ class PresenceService:
             try:
                 while await self.sweep_once() >= 500:
                     pass
-            except Exception as exc:  # a database blip must not end the sweeper
+            except Exception as exc:  # a database or Redis blip must not end the sweeper
                 log.warning("presence sweeper: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.sweep_s)
+
+
+def horizon_of(oldest_unhandled_ms: Callable[[], Awaitable[list[int | None]]], grace_s: float) -> Horizon:
+    """The time up to which deadlines may be applied: now, but never past the oldest heartbeat or
+    connection event the consumer has not handled yet, less ``grace_s`` for requests still in
+    flight between their ``received_at`` and their stream entry."""
+
+    async def horizon() -> datetime:
+        now = datetime.now(UTC)
+        pending = [ms for ms in await oldest_unhandled_ms() if ms is not None]
+        if pending:
+            now = min(now, datetime.fromtimestamp(min(pending) / 1000, UTC))
+        return now - timedelta(seconds=grace_s)
+
+    return horizon
 
 
 def projection(streams: tuple[str, str], defaults: Timing, *, quiet_before: datetime) -> Projection:

@@ -1,4 +1,4 @@
-"""All SQL of presence (asyncpg): lock and load states, save them with the registry mirror, find due ones."""
+"""All SQL of presence (asyncpg): lock and load states, save them (one row per device), find due ones."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from libs.events.pg import Conn
 from .presence import Presence
 
 _STATE = (
-    "status, reason, last_seen, last_seq, last_time, late_at, offline_at, connected, last_late, "
-    "flap_window_s, quiet_before"
+    "status, reason, last_seen, last_seq, last_time, boot, late_at, offline_at, connected, connection_id, "
+    "last_late, flap_window_s, quiet_before"
 )
 _P_STATE = ", ".join(f"p.{c.strip()}" for c in _STATE.split(","))
 
@@ -29,6 +29,17 @@ class Row:
     state: Presence
     metadata: dict[str, Any]
     workspace: dict[str, Any]
+    positions: dict[str, str | None]  # per source ("hb", "gw"): the last stream entry applied
+
+
+@dataclass(frozen=True)
+class Save:
+    """A device's new state, its new stream positions and (if a heartbeat was accepted) its metrics."""
+
+    device_id: str
+    state: Presence
+    positions: dict[str, str | None]
+    metrics: dict[str, Any] | None = None
 
 
 def _state(r: Any) -> Presence:
@@ -44,7 +55,7 @@ async def lock(conn: Conn, device_ids: Sequence[str]) -> dict[str, Row]:
         list(device_ids),
     )
     rows = await conn.fetch(
-        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, d.metadata, "
+        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, d.metadata, "
         "w.heartbeat_interval_s, w.heartbeat_timeout_s "
         "FROM presence p JOIN devices d USING (device_id) "
         "LEFT JOIN presence_workspaces w ON w.workspace_id = p.workspace_id "
@@ -56,13 +67,16 @@ async def lock(conn: Conn, device_ids: Sequence[str]) -> dict[str, Row]:
 
 def _row(r: Any) -> Row:
     ws = {"heartbeat_interval_s": r["heartbeat_interval_s"], "heartbeat_timeout_s": r["heartbeat_timeout_s"]}
-    return Row(r["device_id"], r["workspace_id"], _state(r), msgspec.json.decode(r["metadata"]), ws)
+    positions = {"hb": r["hb_entry"], "gw": r["gw_entry"]}
+    return Row(
+        r["device_id"], r["workspace_id"], _state(r), msgspec.json.decode(r["metadata"]), ws, positions
+    )
 
 
 async def due(conn: Conn, now: datetime, limit: int) -> list[Row]:
     """Lock rows whose deadline passed, skipping rows another replica or consumer holds."""
     rows = await conn.fetch(
-        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, '{{}}'::text AS metadata, "
+        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, '{{}}'::text AS metadata, "
         "NULL::float8 AS heartbeat_interval_s, NULL::float8 AS heartbeat_timeout_s "
         "FROM presence p WHERE p.next_at <= $1 ORDER BY p.next_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         now,
@@ -71,32 +85,40 @@ async def due(conn: Conn, now: datetime, limit: int) -> list[Row]:
     return [_row(r) for r in rows]
 
 
-async def save(conn: Conn, items: Sequence[tuple[str, Presence, dict[str, Any] | None]]) -> None:
-    """Write states and mirror status, reason, last_seen (and latest metrics) into the registry."""
+async def save(conn: Conn, items: Sequence[Save]) -> None:
+    """Write each device's state, positions and latest metrics: one row per device, one statement."""
     if not items:
         return
-    await conn.executemany(
-        "UPDATE presence SET status = $2, reason = $3, last_seen = $4, last_seq = $5, last_time = $6, "
-        "late_at = $7, offline_at = $8, next_at = $9, connected = $10, last_late = $11, "
-        "flap_window_s = $12, quiet_before = $13 WHERE device_id = $1",
-        [
-            (
-                d, p.status, p.reason, p.last_seen, p.last_seq, p.last_time, p.late_at, p.offline_at,
-                p.next_at, p.connected, p.last_late, p.flap_window_s, p.quiet_before,
-            )
-            for d, p, _m in items
-        ],
-    )  # fmt: skip
+    cols: dict[str, tuple[str, list[Any]]] = {
+        "device_id": ("text", [i.device_id for i in items]),
+        "status": ("text", [i.state.status for i in items]),
+        "reason": ("text", [i.state.reason for i in items]),
+        "last_seen": ("timestamptz", [i.state.last_seen for i in items]),
+        "last_seq": ("int8", [i.state.last_seq for i in items]),
+        "last_time": ("timestamptz", [i.state.last_time for i in items]),
+        "boot": ("text", [i.state.boot for i in items]),
+        "late_at": ("timestamptz", [i.state.late_at for i in items]),
+        "offline_at": ("timestamptz", [i.state.offline_at for i in items]),
+        "next_at": ("timestamptz", [i.state.next_at for i in items]),
+        "connected": ("bool", [i.state.connected for i in items]),
+        "connection_id": ("text", [i.state.connection_id for i in items]),
+        "last_late": ("timestamptz", [i.state.last_late for i in items]),
+        "flap_window_s": ("float8", [i.state.flap_window_s for i in items]),
+        "quiet_before": ("timestamptz", [i.state.quiet_before for i in items]),
+        "hb_entry": ("text", [i.positions.get("hb") for i in items]),
+        "gw_entry": ("text", [i.positions.get("gw") for i in items]),
+        "metrics": (
+            "text",
+            [None if i.metrics is None else msgspec.json.encode(i.metrics).decode() for i in items],
+        ),
+    }
+    names = list(cols)
+    arrays = ", ".join(f"${n}::{cols[name][0]}[]" for n, name in enumerate(names, 1))
+    sets = ", ".join(f"{c} = t.{c}" for c in names[1:] if c != "metrics")
     await conn.execute(
-        "UPDATE devices d SET status = t.status, status_reason = t.reason, last_seen = t.last_seen, "
-        "metrics = COALESCE(t.metrics::jsonb, d.metrics) "
-        "FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[]) "
-        "AS t(device_id, status, reason, last_seen, metrics) WHERE d.device_id = t.device_id",
-        [d for d, _p, _m in items],
-        [p.status for _d, p, _m in items],
-        [p.reason for _d, p, _m in items],
-        [p.last_seen for _d, p, _m in items],
-        [None if m is None else msgspec.json.encode(m).decode() for _d, _p, m in items],
+        f"UPDATE presence p SET {sets}, metrics = coalesce(t.metrics::jsonb, p.metrics) "
+        f"FROM unnest({arrays}) AS t({', '.join(names)}) WHERE p.device_id = t.device_id",
+        *(cols[name][1] for name in names),
     )
 
 

@@ -13,11 +13,14 @@ from libs.events.pg import Conn
 
 from .domain import Device, Site
 
+# Registry columns, with presence's status, reason, last_seen and latest metrics (read-only here).
 _DEVICE_COLUMNS = (
-    "device_id, workspace_id, name, device_type, site_id, groups, labels, metadata, disabled, "
-    "created_at, updated_at, ip_address, status, status_reason, last_seen, metrics"
+    "d.device_id, d.workspace_id, d.name, d.device_type, d.site_id, d.groups, d.labels, d.metadata, "
+    "d.disabled, d.created_at, d.updated_at, d.ip_address, coalesce(p.status, 'offline') AS status, "
+    "coalesce(p.reason, 'never_seen') AS status_reason, p.last_seen, p.metrics"
 )
-_LIVE = "deleted_at IS NULL"
+_FROM = "devices d LEFT JOIN presence p USING (device_id)"
+_LIVE = "d.deleted_at IS NULL"
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,8 @@ async def device_id_taken(conn: Conn, device_id: str) -> bool:
 
 async def get_device(conn: Conn, workspace_id: str, device_id: str, *, lock: bool = False) -> Device | None:
     """A live device of the workspace (locked for update when asked)."""
-    sql = f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = $1 AND workspace_id = $2 AND {_LIVE}"
-    row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), device_id, workspace_id)
+    sql = f"SELECT {_DEVICE_COLUMNS} FROM {_FROM} WHERE d.device_id = $1 AND d.workspace_id = $2 AND {_LIVE}"
+    row = await conn.fetchrow(sql + (" FOR UPDATE OF d" if lock else ""), device_id, workspace_id)
     return _device(row) if row else None
 
 
@@ -109,22 +112,22 @@ async def delete_device(conn: Conn, device_id: str, now: datetime) -> None:
 
 
 def _where(workspace_id: str, f: DeviceFilter) -> tuple[str, list[Any]]:
-    clauses, args = ["workspace_id = $1", _LIVE], [workspace_id]
+    clauses, args = ["d.workspace_id = $1", _LIVE], [workspace_id]
 
     def add(sql: str, value: Any) -> None:
         args.append(value)
         clauses.append(sql.replace("?", f"${len(args)}"))
 
     if f.status is not None:
-        add("status = ?", f.status)
+        add("coalesce(p.status, 'offline') = ?", f.status)
     if f.site_id is not None:
-        add("site_id = ?", f.site_id)
+        add("d.site_id = ?", f.site_id)
     if f.group is not None:
-        add("? = ANY(groups)", f.group)
+        add("? = ANY(d.groups)", f.group)
     if f.label is not None:
-        add("labels @> ?::jsonb", _json({f.label[0]: f.label[1]}))
+        add("d.labels @> ?::jsonb", _json({f.label[0]: f.label[1]}))
     if f.text is not None:
-        add("(name ILIKE ? ESCAPE '\\' OR device_id ILIKE ? ESCAPE '\\')", like_pattern(f.text))
+        add("(d.name ILIKE ? ESCAPE '\\' OR d.device_id ILIKE ? ESCAPE '\\')", like_pattern(f.text))
     return " AND ".join(clauses), args
 
 
@@ -133,11 +136,11 @@ async def list_devices(
 ) -> tuple[list[Device], int]:
     """A page of the workspace's live devices, newest first, and the total matching."""
     where, args = _where(workspace_id, f)
-    total = await conn.fetchval(f"SELECT count(*) FROM devices WHERE {where}", *args)
+    total = await conn.fetchval(f"SELECT count(*) FROM {_FROM} WHERE {where}", *args)
     n = len(args)
     rows = await conn.fetch(
-        f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE {where} "
-        f"ORDER BY created_at DESC, device_id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+        f"SELECT {_DEVICE_COLUMNS} FROM {_FROM} WHERE {where} "
+        f"ORDER BY d.created_at DESC, d.device_id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
         *args,
         limit,
         offset,

@@ -118,9 +118,18 @@ def test_late_outside_the_window_is_reported_again():
     # next late (4.9) is 3.4 s after the last one, outside the window, so it is reported.
     _, out = run([Beat(s(0), seq=1), Beat(s(2), seq=2), Beat(s(3.4), seq=3)], now=5)
     assert [t.status for t in out] == ["online", "late", "online", "late"]
-    # Damped lates count as lates: a device that keeps bouncing stays reported once.
+    # The window counts from the last *reported* late: the damped one at 3.5 does not extend it,
+    # so the late at 5.5 (4 s after the reported one) is reported.
     _, out = run([Beat(s(0), seq=1), Beat(s(2), seq=2), Beat(s(4), seq=3)], now=6)
-    assert [t.status for t in out] == ["online", "late", "online"]
+    assert [t.status for t in out] == ["online", "late", "online", "late"]
+
+
+def test_a_device_that_keeps_bouncing_is_reported_late_at_most_once_per_window():
+    # A heartbeat every 2 s against a late-after of 1.5 s: late every 2 s without damping.
+    _, out = run([Beat(s(2 * i), seq=i) for i in range(30)], now=59)
+    lates = [t.at for t in out if t.status == "late"]
+    assert 5 <= len(lates) <= 60 / 3 + 1  # still visible, but at most one per 3 s window
+    assert all(b - a >= timedelta(seconds=3) for a, b in zip(lates, lates[1:], strict=False))
 
 
 def test_quiet_before_applies_but_does_not_report():
@@ -138,3 +147,33 @@ def test_per_device_timings_and_layers():
     assert state.late_at == s(15) and state.offline_at == s(40)
     state, _ = run([Beat(s(0), seq=1)], timing=Timing())
     assert state.late_at == s(45) and state.offline_at == s(90)
+
+
+def test_a_restarted_agent_counts_again_from_zero_and_is_not_ignored():
+    # Run "a" reaches seq 500; the agent restarts within the timeout as run "b" at seq 0.
+    state, out = run([Beat(s(0), seq=499, boot="a"), Beat(s(1), seq=500, boot="a")])
+    state, out = run([Beat(s(2), seq=0, boot="b", sent_at=s(2))], state=state)
+    assert out == [] and state.last_seq == 0 and state.boot == "b" and state.last_seen == s(2)
+    assert state.offline_at == s(5)  # the deadline moved: the device is not left to go late
+    # A straggler of run "a" (older by time) arriving after run "b" started changes nothing.
+    after, out = run([Beat(s(2.5), seq=501, boot="a", sent_at=s(1.5))], state=state)
+    assert out == [] and after == state
+    # Within run "b", sequence numbers decide even when the clock steps back.
+    after, out = run([Beat(s(3), seq=1, boot="b", sent_at=s(0.5))], state=state)
+    assert after.last_seq == 1 and after.last_seen == s(3)
+    after, out = run([Beat(s(3), seq=0, boot="b", sent_at=s(9))], state=state)
+    assert after == state  # a duplicate, whatever its clock says
+
+
+def test_only_the_socket_that_made_the_device_connected_can_disconnect_it():
+    # The device reconnects through another gateway before the first one notices the old socket died.
+    state, out = run(
+        [Connected(s(0), "sock-1"), Connected(s(5), "sock-2"), Disconnected(s(6), connection_id="sock-1")]
+    )
+    assert moves(out) == [("offline", "online", "first_heartbeat")]
+    assert state.status == "online" and state.connected and state.connection_id == "sock-2"
+    state, out = run([Disconnected(s(60), connection_id="sock-2")], state=state)
+    assert moves(out) == [("online", "offline", "socket_closed")] and not state.connected
+    # A close repeated (or without an id) once offline changes nothing, not even the reason.
+    again, out = run([Disconnected(s(61), reason="agent_shutdown")], state=state)
+    assert out == [] and again == state

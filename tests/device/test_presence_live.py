@@ -97,7 +97,7 @@ async def test_heartbeat_online_late_offline_resumed(worker: World):
         ("offline", "online", "heartbeat_resumed"),
     ]
     assert seen[1].at == t0 + timedelta(seconds=1.5) and seen[2].at == t0 + timedelta(seconds=3)
-    metrics = await world.host.pool.fetchval("SELECT metrics::text FROM devices WHERE device_id = $1", dev)
+    metrics = await world.host.pool.fetchval("SELECT metrics::text FROM presence WHERE device_id = $1", dev)
     assert '"cpu":12.5' in metrics.replace(" ", "")
 
 
@@ -129,8 +129,7 @@ async def test_duplicates_and_stragglers_leave_status_unchanged(worker: World):
 
 async def _row(world: World, dev: str, marker: str):
     return await world.host.pool.fetchrow(
-        "SELECT p.last_seq, p.last_seen FROM presence p JOIN devices d USING (device_id) "
-        "WHERE device_id = $1 AND d.metrics->>'m' = $2",
+        "SELECT last_seq, last_seen FROM presence WHERE device_id = $1 AND metrics->>'m' = $2",
         dev,
         marker,
     )

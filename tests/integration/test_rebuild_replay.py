@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 
 from libs.events.consumer import ConsumerRunner, Subscription
 from libs.events.pg import Conn
 from libs.events.projection import Delivery, Projection, projection_handler
 from libs.events.publisher import Publisher
-from libs.events.replay import ReplayFilter, rebuild, replay
+from libs.events.replay import ReplayFilter, TrimmedStreams, rebuild, replay
 from libs.events.schemas.device import DeviceRegistered, DeviceStatusChanged
 
 from .helpers import Running, eventually
@@ -263,3 +264,19 @@ async def truncate_is_waiting(pool: asyncpg.Pool) -> bool:
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'TRUNCATE%'"
     )
     return bool(n)
+
+
+async def test_rebuild_refuses_a_trimmed_stream_unless_allowed(r, prefix, pool):
+    stream = f"{prefix}events:device"
+    await pool.execute(DDL)
+    proj = projection(stream)
+    events = history(10)
+    await Publisher(r, producer="device").publish_batch(stream, events)
+    await rebuild(pool, r, proj)
+    before = await snapshot(pool)
+    await r.xtrim(stream, maxlen=5, approximate=False)  # retention took the registrations
+    with pytest.raises(TrimmedStreams, match=r"keeps 5 of the 40 entries.*--allow-trimmed"):
+        await rebuild(pool, r, proj)
+    assert await snapshot(pool) == before  # refused before touching anything
+    assert await rebuild(pool, r, proj, allow_trimmed=True) == 5
+    assert await snapshot(pool) == []  # what a rebuild from the kept entries knows: no registrations
