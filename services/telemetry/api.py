@@ -68,11 +68,11 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def refusals() -> AsyncIterator[None]:
-    """Invalid bodies are 400 (403 for another device's body); an unwritten heartbeat is 503."""
+    """Invalid bodies are 4xx (mostly 400; 403 for another device's body); an unwritten heartbeat is 503."""
     try:
         yield
     except InvalidHeartbeat as exc:
-        raise ApiError(403 if exc.code == "DEVICE_MISMATCH" else 400, exc.code, exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message) from None
     except ApiError:
         raise
     except (PublisherClosed, ConnectionError, OSError, TimeoutError) as exc:

@@ -19,6 +19,7 @@ ABSURD = 1e15  # no metric of a device is this large; bigger values are a bug or
 MAX_SEQ = 2**63 - 1
 MAX_CLOCK_AHEAD = timedelta(days=1)  # a device clock this far ahead is wrong, not early
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
+_BOOT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 # Percent-valued metrics by name (dialect S short names, agent and dialect K long names).
 PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
 K_PERCENT = ("cpu_percent", "memory_percent", "disk_percent", "error_rate")
@@ -26,11 +27,11 @@ K_COUNTS = ("transaction_count", "active_connections")
 
 
 class InvalidHeartbeat(ValueError):
-    """A body that is refused (400); ``code`` is machine-readable."""
+    """A body that is refused with ``status`` (400 unless said otherwise); ``code`` is machine-readable."""
 
-    def __init__(self, message: str, code: str = "VALIDATION_ERROR") -> None:
+    def __init__(self, message: str, code: str = "VALIDATION_ERROR", status: int = 400) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.status = code, message, status
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Beat:
     seq: int | None = None
     sent_at: datetime | None = None
     backfill: bool = False
+    boot: str | None = None
 
 
 def _is_number(v: Any) -> bool:
@@ -132,7 +134,7 @@ def parse_k(body: Any, device_id: str) -> Beat:
     if claimed is not None and not isinstance(claimed, str):
         raise InvalidHeartbeat("device_id must be a string")
     if claimed is not None and claimed != device_id:
-        raise InvalidHeartbeat("device_id does not match the authenticated device", "DEVICE_MISMATCH")
+        raise InvalidHeartbeat("device_id does not match the authenticated device", "DEVICE_MISMATCH", 403)
     metrics: dict[str, MetricValue] = {}
     for name in K_PERCENT:
         if b.get(name) is not None:
@@ -175,6 +177,15 @@ def _sent_at(value: Any, now: datetime | None) -> datetime:
     return at
 
 
+def _boot(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _BOOT_RE.match(value):
+        # 422 is the agent protocol's answer for this field; the body's other rules answer 400
+        raise InvalidHeartbeat(f"{where}boot must match {_BOOT_RE.pattern}", status=422)
+    return value
+
+
 def parse_agent(body: Any, *, now: datetime | None = None, backfill: bool = False, where: str = "") -> Beat:
     """The agent protocol: ``seq`` and ``sent_at`` required; metrics are finite, sane numbers."""
     b = _obj(body, where or "body")
@@ -190,7 +201,8 @@ def parse_agent(body: Any, *, now: datetime | None = None, backfill: bool = Fals
         _name(name, f"{where}metrics")
         if not _is_number(value) or out_of_range(name, float(value)):
             raise InvalidHeartbeat(f"{where}metrics.{name} must be a finite number in range")
-    return Beat(status, dict(metrics), "agent", seq=seq, sent_at=sent_at, backfill=backfill)
+    boot = _boot(b.get("boot"), where)
+    return Beat(status, dict(metrics), "agent", seq=seq, sent_at=sent_at, backfill=backfill, boot=boot)
 
 
 def parse_agent_batch(body: Any, *, now: datetime | None = None) -> list[Beat]:
@@ -212,6 +224,7 @@ def heartbeat_event(beat: Beat, device_id: str, workspace_id: str, *, now: datet
         status=beat.status,
         seq=beat.seq,
         sent_at=beat.sent_at,
+        boot=beat.boot,
         metrics=beat.metrics,
         backfill=beat.backfill,
         dialect=beat.dialect,

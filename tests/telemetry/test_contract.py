@@ -151,6 +151,39 @@ async def test_agent_heartbeat_and_backfill(world: World) -> None:
     assert beats[0].dialect == "agent" and beats[0].sent_at is not None
 
 
+async def test_agent_boot_is_carried_into_the_event(world: World) -> None:
+    dev = await world.device()
+    at = "2026-01-02T03:04:05Z"
+    for body in (
+        {"seq": 1, "sent_at": at, "boot": "run-1.A_z"},
+        {"seq": 2, "sent_at": at, "boot": "b" * 64},
+        {"seq": 3, "sent_at": at},
+        {"seq": 4, "sent_at": at, "boot": None},
+    ):
+        resp = await world.post("/api/v1/agent/heartbeat", body, headers=dev.s)
+        assert resp.status_code == 200, resp.text
+    batch = [{"seq": 5, "sent_at": at, "boot": "older-run"}, {"seq": 6, "sent_at": at}]
+    resp = await world.post("/api/v1/agent/heartbeats", {"heartbeats": batch}, headers=dev.s)
+    assert resp.status_code == 200, resp.text
+    beats = await world.heartbeats()
+    assert [b.boot for b in beats] == ["run-1.A_z", "b" * 64, None, None, "older-run", None]
+
+
+async def test_agent_invalid_boot_is_422(world: World) -> None:
+    dev = await world.device()
+    at = "2026-01-02T03:04:05Z"
+    for boot in ("", "b" * 65, "has space", "slash/no", "caf\u00e9", 7, True, ["x"], {"a": 1}):
+        for path, body in (
+            ("/api/v1/agent/heartbeat", {"seq": 1, "sent_at": at, "boot": boot}),
+            ("/api/v1/agent/heartbeats", {"heartbeats": [{"seq": 1, "sent_at": at, "boot": boot}]}),
+        ):
+            resp = await world.post(path, body, headers=dev.s)
+            assert resp.status_code == 422, (path, boot, resp.text)
+            error = resp.json()["error"]
+            assert error["code"] == "VALIDATION_ERROR" and "boot" in error["message"]
+    assert await world.length() == 0
+
+
 async def test_duplicate_seq_is_accepted(world: World) -> None:
     dev = await world.device()
     body = {"seq": 1, "sent_at": "2026-01-02T03:04:05Z"}
