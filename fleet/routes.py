@@ -31,6 +31,7 @@ ROUTES: tuple[Route, ...] = (
     ("/api/v1/devices/*/metrics", "telemetry"),
     ("/api/v1/devices", "device"),
     ("/api/v1/sites", "device"),
+    ("/api/v1/presence", "device"),
     ("/api/devices", "device"),
 )
 

@@ -13,10 +13,10 @@ import asyncpg
 
 from libs.events.identity import new_secret, secret_hash
 from libs.events.outbox import Outbox
-from libs.events.schemas.device import InitialCredential
+from libs.events.schemas.device import InitialCredential, PresenceTimingSet
 from libs.events.service import ServiceHost
 
-from . import store
+from . import presence_store, store
 from .domain import (
     Device,
     DomainError,
@@ -186,3 +186,28 @@ class Registry:
         """The workspace's sites, newest first."""
         async with self.pool.acquire() as conn:
             return await store.list_sites(conn, workspace_id)
+
+    async def presence_timing(self, workspace_id: str) -> tuple[float | None, float | None]:
+        """The workspace's heartbeat interval and timeout (None: the service default)."""
+        async with self.pool.acquire() as conn:
+            return await presence_store.workspace_timing(conn, workspace_id)
+
+    async def set_presence_timing(
+        self, workspace_id: str, interval_s: float | None, timeout_s: float | None, by: str
+    ) -> None:
+        """Set the workspace's heartbeat timing; it applies from each device's next heartbeat."""
+        async with self.outbox.transaction() as tx:
+            if await presence_store.workspace_timing(tx.conn, workspace_id) == (interval_s, timeout_s):
+                return  # nothing changes: no event
+            await presence_store.set_workspace_timing(tx.conn, workspace_id, interval_s, timeout_s)
+            tx.emit(
+                [
+                    PresenceTimingSet(
+                        workspace_id=workspace_id,
+                        heartbeat_interval_s=interval_s,
+                        heartbeat_timeout_s=timeout_s,
+                        by=by,
+                    )
+                ]
+            )
+        log.info("presence timing of workspace %s set by %s", workspace_id, by)

@@ -23,6 +23,7 @@ SOCKET_CLOSED = "socket_closed"
 AGENT_SHUTDOWN = "agent_shutdown"
 DEFAULT_INTERVAL_S = 30.0
 DEFAULT_TIMEOUT_S = 90.0
+MAX_TIMING_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,43 @@ def timing_from(*layers: dict[str, Any] | None) -> Timing:
     for layer in layers:
         for key in ("interval_s", "timeout_s"):
             raw = (layer or {}).get(f"heartbeat_{key}")
-            ok = isinstance(raw, int | float) and not isinstance(raw, bool) and 0 < raw <= 86_400
+            ok = isinstance(raw, int | float) and not isinstance(raw, bool) and 0 < raw <= MAX_TIMING_S
             if key not in values and ok:
                 values[key] = float(raw)  # type: ignore[arg-type]
     t = Timing(**values)
     return t if t.timeout_s >= t.interval_s else Timing(t.interval_s, t.interval_s)
+
+
+class InvalidTiming(ValueError):
+    """A heartbeat timing setting that cannot be used (the message says why)."""
+
+
+def parse_timing(body: Any) -> tuple[float | None, float | None]:
+    """``{"heartbeat_interval_s": n | null, "heartbeat_timeout_s": n | null}`` -> (interval, timeout).
+
+    Both keys are required (null clears one: the service default applies); numbers in (0, 86400];
+    a timeout shorter than the interval is refused rather than silently raised.
+    """
+    keys = ("heartbeat_interval_s", "heartbeat_timeout_s")
+    if not isinstance(body, dict):
+        raise InvalidTiming("expected a JSON object")
+    if unknown := sorted(set(body) - set(keys)):
+        raise InvalidTiming(f"unknown field {unknown[0]}")
+    values: list[float | None] = []
+    for key in keys:
+        if key not in body:
+            raise InvalidTiming(f"{key} is required (null for the default)")
+        raw = body[key]
+        if raw is None:
+            values.append(None)
+            continue
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not 0 < raw <= MAX_TIMING_S:
+            raise InvalidTiming(f"{key} must be a number of seconds in (0, {MAX_TIMING_S}] or null")
+        values.append(float(raw))
+    interval, timeout = values
+    if interval is not None and timeout is not None and timeout < interval:
+        raise InvalidTiming("heartbeat_timeout_s must not be shorter than heartbeat_interval_s")
+    return interval, timeout
 
 
 @dataclass(frozen=True)

@@ -133,3 +133,12 @@ async def set_workspace_timing(
         interval_s,
         timeout_s,
     )
+
+
+async def workspace_timing(conn: Conn, workspace_id: str) -> tuple[float | None, float | None]:
+    """A workspace's heartbeat interval and timeout (None where the service default applies)."""
+    row = await conn.fetchrow(
+        "SELECT heartbeat_interval_s, heartbeat_timeout_s FROM presence_workspaces WHERE workspace_id = $1",
+        workspace_id,
+    )
+    return (row[0], row[1]) if row else (None, None)

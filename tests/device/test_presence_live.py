@@ -151,3 +151,48 @@ async def test_connection_and_clean_shutdown(worker: World):
     await pub.publish(gw, AgentDisconnected(**common, at=datetime.now(UTC), reason="agent_shutdown"))
     body = await until(lambda: _has(world, ws, dev, "offline"))
     assert body["status_reason"] == "agent_shutdown"
+
+
+async def test_workspace_timing_route_sets_what_the_next_heartbeat_uses(worker: World):
+    world = worker
+    ws = await world.workspace()
+    url = "/api/v1/presence/settings"
+    got = (await world.client.get(url, headers=world.auth(ws, role="viewer"))).json()
+    assert got["heartbeat_interval_s"] is None and got["effective"]["heartbeat_timeout_s"] == 90
+    for bad in (
+        {"heartbeat_interval_s": 0, "heartbeat_timeout_s": None},
+        {"heartbeat_interval_s": 5, "heartbeat_timeout_s": 2},
+        {"heartbeat_interval_s": True, "heartbeat_timeout_s": None},
+        {"heartbeat_interval_s": 1},
+        {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 3, "x": 1},
+        [1, 3],
+    ):
+        resp = await world.client.put(url, json=bad, headers=world.auth(ws))
+        assert resp.status_code == 400, (bad, resp.text)
+    fast = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 3}
+    assert (
+        await world.client.put(url, json=fast, headers=world.auth(ws, role="operator"))
+    ).status_code == 403
+    resp = await world.client.put(url, json=fast, headers=world.auth(ws))
+    assert resp.status_code == 200 and resp.json()["effective"] == fast
+    other = await world.workspace()  # another workspace keeps the defaults
+    assert (await world.client.get(url, headers=world.auth(other))).json()["heartbeat_timeout_s"] is None
+
+    dev = await device(world, ws, metadata={})  # no per-device timing: the workspace's applies
+    t0 = await beat(world, ws, dev, seq=1)
+
+    async def offline() -> list[DeviceStatusChanged]:
+        seen = await changes(world, dev)
+        return seen if seen and seen[-1].status == "offline" else []
+
+    seen = await until(offline)
+    assert [(c.status, c.reason) for c in seen] == [
+        ("online", "first_heartbeat"),
+        ("late", "heartbeat_missed"),
+        ("offline", "heartbeat_timeout"),
+    ]
+    assert seen[-1].at == t0 + timedelta(seconds=3)
+    set_events = [e for _env, e in await world.events() if type(e).__name__ == "PresenceTimingSet"]
+    assert [(e.workspace_id, e.heartbeat_timeout_s) for e in set_events] == [(ws, 3.0)]
+    await world.client.put(url, json=fast, headers=world.auth(ws))  # the same again: no new event
+    assert len([e for _env, e in await world.events() if type(e).__name__ == "PresenceTimingSet"]) == 1

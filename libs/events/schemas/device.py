@@ -75,10 +75,20 @@ class DeviceStatusChanged(Event, frozen=True, tag="device.status_changed.v1"):
     at: datetime
 
 
+class PresenceTimingSet(Event, frozen=True, tag="device.presence_timing_set.v1"):
+    """A workspace's heartbeat interval and timeout were set (None: the service default applies)."""
+
+    workspace_id: str
+    heartbeat_interval_s: float | None = None
+    heartbeat_timeout_s: float | None = None
+    by: str = "system"
+
+
 EVENTS: tuple[type[Event], ...] = (
     DeviceRegistered,
     DeviceUpdated,
     DeviceDeleted,
     SiteCreated,
     DeviceStatusChanged,
+    PresenceTimingSet,
 )

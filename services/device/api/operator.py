@@ -10,8 +10,10 @@ from fastapi.responses import JSONResponse, Response
 
 from libs.events.http import ApiError
 
+from ..config import Settings
 from ..domain import DevicePatch, NewDevice, NewSite, Site, is_id, parse, patch_fields
 from ..handlers import NewDeviceSpec
+from ..presence import InvalidTiming, parse_timing, timing_from
 from ..store import DeviceFilter
 from .common import (
     Api,
@@ -134,5 +136,40 @@ def router(api: Api) -> APIRouter:
             raise ApiError(404, "SITE_NOT_FOUND", "site not found")
         with domain_errors():
             return site_json(await reg.site(op.workspace_id, site_id))
+
+    @r.get("/api/v1/presence/settings")
+    async def presence_settings(request: Request) -> dict[str, Any]:
+        op = api.identity.operator(request)
+        return await timing_json(op.workspace_id)
+
+    @r.put("/api/v1/presence/settings")
+    async def set_presence_settings(request: Request) -> dict[str, Any]:
+        op = api.identity.operator(request)
+        op.require("owner")
+        try:
+            interval, timeout = parse_timing(await body(request))
+        except InvalidTiming as exc:
+            raise ApiError(400, "VALIDATION_ERROR", str(exc)) from None
+        await reg.set_presence_timing(op.workspace_id, interval, timeout, op.operator_id)
+        return await timing_json(op.workspace_id)
+
+    async def timing_json(workspace_id: str) -> dict[str, Any]:
+        interval, timeout = await reg.presence_timing(workspace_id)
+        s = api.host.settings
+        assert isinstance(s, Settings)
+        defaults = {
+            "heartbeat_interval_s": s.presence_interval_s,
+            "heartbeat_timeout_s": s.presence_timeout_s,
+        }
+        effective = timing_from({"heartbeat_interval_s": interval, "heartbeat_timeout_s": timeout}, defaults)
+        return {
+            "heartbeat_interval_s": interval,
+            "heartbeat_timeout_s": timeout,
+            "effective": {
+                "heartbeat_interval_s": effective.interval_s,
+                "heartbeat_timeout_s": effective.timeout_s,
+            },
+            "defaults": defaults,
+        }
 
     return r
