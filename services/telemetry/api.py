@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -33,6 +33,7 @@ class Api:
         s = host.settings
         self.max_body = int(getattr(s, "ingest_max_body_bytes", 100_000))
         self.interval_ms = int(getattr(s, "heartbeat_interval_ms", 30_000))
+        self.raw_max_span = timedelta(hours=float(getattr(s, "chart_raw_max_span_h", 24)))
 
     @property
     def identity(self) -> Identity:
@@ -219,9 +220,9 @@ def query_router(api: Api) -> APIRouter:
         workspace_id = await visible_device(api, request, device_id)
         params = {k: v for k, v in request.query_params.items() if k in _QUERY}
         try:
-            q = chart_query(params, now=datetime.now(UTC))
+            q = chart_query(params, now=datetime.now(UTC), raw_max_span=api.raw_max_span)
         except InvalidHeartbeat as exc:
-            raise ApiError(400, exc.code, exc.message) from None
+            raise ApiError(exc.status, exc.code, exc.message) from None
         series = await api.charts.series(device_id, workspace_id, q)
         reply = {
             "device_id": device_id,

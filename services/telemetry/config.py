@@ -25,3 +25,5 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     rollup_1m_retention_h: float = 720
     rollup_1h_retention_h: float = 8760
     timeseries_expiry_interval_s: float = 60
+    # the longest window a raw chart query may cover (hours; longer is 422, use a rollup step)
+    chart_raw_max_span_h: float = 24

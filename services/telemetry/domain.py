@@ -268,7 +268,10 @@ def point_row(event_id: str, event: HeartbeatReceived) -> PointRow:
 
 STEPS = ("raw", "1m", "1h")
 AGGS = ("avg", "min", "max")
-MAX_POINTS = 10_000
+MAX_POINTS = 10_000  # per metric
+# Raw rows are read whole within the window (the limit is applied per metric after), so the window
+# is what bounds the work of a raw query; longer spans are what the rollups are for.
+MAX_RAW_SPAN = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,12 @@ def _when(value: str | None, default: datetime, what: str) -> datetime:
 
 
 def chart_query(
-    params: dict[str, str], *, now: datetime, default_span_s: float = 3600, limit: int = MAX_POINTS
+    params: dict[str, str],
+    *,
+    now: datetime,
+    default_span_s: float = 3600,
+    limit: int = MAX_POINTS,
+    raw_max_span: timedelta = MAX_RAW_SPAN,
 ) -> ChartQuery:
     """Parse ``from``, ``to`` (ISO; default the last hour), ``step``, ``agg`` and ``name``."""
 
@@ -308,6 +316,14 @@ def chart_query(
     step, agg = params.get("step", "raw"), params.get("agg", "avg")
     if step not in STEPS:
         raise InvalidHeartbeat(f"step must be one of {', '.join(STEPS)}")
+    if step == "raw" and end - start > raw_max_span:
+        hours = f"{raw_max_span / timedelta(hours=1):g} hours"
+        raise InvalidHeartbeat(
+            f"a raw chart may cover at most {hours} (asked: {(end - start) / timedelta(hours=1):.4g} hours); "
+            "use step=1m or step=1h for a longer span",
+            "SPAN_TOO_LONG",
+            422,
+        )
     if agg not in AGGS:
         raise InvalidHeartbeat(f"agg must be one of {', '.join(AGGS)}")
     name = params.get("name") or None

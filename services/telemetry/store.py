@@ -96,6 +96,21 @@ async def insert_points(conn: Conn, rows: Sequence[PointRow]) -> None:
 
 _ROLLUPS = {"1m": "metric_rollup_1m", "1h": "metric_rollup_1h"}
 _AGG = {"avg": "total / n", "min": "lo", "max": "hi"}
+# The first ``limit`` points of each metric in the window: a limit over all metrics together let the
+# alphabetically first (or the chattiest) metric take every point and starve the others.
+_PER_METRIC = "SELECT name, at, v FROM ({points}) p WHERE p.nth <= $6 ORDER BY name, at"
+_RAW_POINTS = (
+    "SELECT m.key AS name, h.ts AS at, (m.value::text)::float8 AS v, "
+    "row_number() OVER (PARTITION BY m.key ORDER BY h.ts) AS nth "
+    "FROM heartbeat_metrics h, jsonb_each(h.metrics) m "
+    "WHERE h.device_id = $1 AND h.workspace_id = $2 AND h.ts >= $3 AND h.ts < $4 "
+    "AND ($5::text IS NULL OR m.key = $5)"
+)
+_ROLLUP_POINTS = (
+    "SELECT name, bucket AS at, {agg} AS v, row_number() OVER (PARTITION BY name ORDER BY bucket) AS nth "
+    "FROM {table} WHERE device_id = $1 AND workspace_id = $2 AND bucket >= $3 AND bucket < $4 "
+    "AND ($5::text IS NULL OR name = $5)"
+)
 
 
 async def series(
@@ -109,21 +124,13 @@ async def series(
     name: str | None,
     limit: int,
 ) -> list[tuple[str, datetime, float]]:
-    """``(name, time, value)`` points of one device, ordered by name then time."""
+    """``(name, time, value)`` points of one device, at most ``limit`` per metric, by name then time."""
     start, end = window
-    if step == "raw":
-        sql = (
-            "SELECT m.key, h.ts, (m.value::text)::float8 FROM heartbeat_metrics h, jsonb_each(h.metrics) m "
-            "WHERE h.device_id = $1 AND h.workspace_id = $2 AND h.ts >= $3 AND h.ts < $4 "
-            "AND ($5::text IS NULL OR m.key = $5) ORDER BY m.key, h.ts LIMIT $6"
-        )
-    else:
-        sql = (
-            f"SELECT name, bucket, {_AGG[agg]} FROM {_ROLLUPS[step]} "
-            "WHERE device_id = $1 AND workspace_id = $2 AND bucket >= $3 AND bucket < $4 "
-            "AND ($5::text IS NULL OR name = $5) ORDER BY name, bucket LIMIT $6"
-        )
-    rows = await conn.fetch(sql, device_id, workspace_id, start, end, name, limit)
+    rollup = step != "raw"
+    points = _ROLLUP_POINTS.format(agg=_AGG[agg], table=_ROLLUPS[step]) if rollup else _RAW_POINTS
+    rows = await conn.fetch(
+        _PER_METRIC.format(points=points), device_id, workspace_id, start, end, name, limit
+    )
     return [(r[0], r[1], float(r[2])) for r in rows]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -10,6 +10,7 @@ from services.telemetry.domain import (
     DeviceRateLimit,
     InvalidHeartbeat,
     chart_points,
+    chart_query,
     heartbeat_event,
     parse_k,
     parse_s,
@@ -46,3 +47,15 @@ def test_k_counts_refuse_what_is_not_a_count(value: object) -> None:
     for name in ("transaction_count", "active_connections"):
         with pytest.raises(InvalidHeartbeat, match=name):
             parse_k({name: value}, "d")
+
+
+def test_raw_chart_span_is_capped() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    assert chart_query({"from": "2026-01-01T00:00:00Z"}, now=now).step == "raw"  # 24 h: allowed
+    with pytest.raises(InvalidHeartbeat) as refused:
+        chart_query({"from": "2025-12-31T23:59:59Z"}, now=now)
+    assert (refused.value.status, refused.value.code) == (422, "SPAN_TOO_LONG")
+    assert "24 hours" in refused.value.message
+    assert chart_query({"from": "2025-01-01T00:00:00Z", "step": "1h"}, now=now).step == "1h"
+    with pytest.raises(InvalidHeartbeat, match="6 hours"):
+        chart_query({"from": "2026-01-01T00:00:00Z"}, now=now, raw_max_span=timedelta(hours=6))

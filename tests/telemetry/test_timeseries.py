@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -182,3 +184,64 @@ async def test_a_redelivered_batch_counts_once(world: World) -> None:
         "SELECT sum(n), sum(total) FROM metric_rollup_1h WHERE device_id = $1 AND name = 'cpu'", dev.device_id
     )
     assert (n, total) == (2, 40.0)
+
+
+async def test_the_point_limit_is_per_metric(world: World) -> None:
+    """A chatty metric does not starve the others, raw or rolled up."""
+    from services.telemetry import store
+    from services.telemetry.domain import ChartQuery
+
+    dev = await world.device()
+    start = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    rows = []
+    for i in range(6):  # "a" in every heartbeat, "b" in every other one; one heartbeat a minute
+        metrics = {"a": i, "b": i} if i % 2 else {"a": i}
+        at = start + timedelta(minutes=i)
+        rows.append(
+            (
+                str(uuid.uuid4()),
+                dev.device_id,
+                dev.workspace_id,
+                at,
+                None,
+                None,
+                "online",
+                json.dumps(metrics),
+            )
+        )
+    assert world.host.pool is not None
+    async with world.host.pool.acquire() as conn:
+        await store.insert_points(conn, rows)
+    charts = Charts(world.host)
+    window = (start, start + timedelta(hours=1))
+    for step in ("raw", "1m"):
+        series = await charts.series(
+            dev.device_id, dev.workspace_id, ChartQuery(*window, step, "avg", None, 2)
+        )
+        assert {name: [v for _at, v in points] for name, points in series.items()} == {
+            "a": [0.0, 1.0],
+            "b": [1.0, 3.0],
+        }, step
+        one = await charts.series(dev.device_id, dev.workspace_id, ChartQuery(*window, step, "avg", "b", 2))
+        assert [v for _at, v in one["b"]] == [1.0, 3.0]
+
+
+async def test_a_raw_chart_may_cover_at_most_a_day(world: World) -> None:
+    dev = await world.device()
+    headers = world.operator(dev.workspace_id)
+    url = f"/api/v1/devices/{dev.device_id}/metrics"
+    day = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"}
+    longer = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:01Z"}
+    assert (await world.client.get(url, params=day, headers=headers)).status_code == 200
+    resp = await world.client.get(url, params=longer, headers=headers)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "SPAN_TOO_LONG" and "24 hours" in error["message"], error
+    # rollups cover longer spans
+    for step in ("1m", "1h"):
+        resp = await world.client.get(url, params={**longer, "step": step}, headers=headers)
+        assert resp.status_code == 200, resp.text
+    resp = await world.client.get(
+        url, params={"from": "2026-01-01T00:00:00Z", "step": "raw"}, headers=headers
+    )
+    assert resp.status_code == 422  # "to" defaults to now
