@@ -104,9 +104,26 @@ async def s_heartbeat(api: Api, request: Request) -> Reply:
     return 200, {"success": True, "acknowledged": True, "timestamp": stamp, "nextHeartbeat": api.interval_ms}
 
 
+async def k_device(api: Api, request: Request) -> DeviceCaller:
+    """The device behind the K headers; an unknown pair is rate-limited per client address first.
+
+    A pair missing from the identity index makes ``device_api_key`` re-read the identity streams
+    (a Redis read that every caller waits for in turn), so anyone could make the service do that
+    at will: the limit comes before it. A known pair is found in memory and never counted.
+    """
+    device_id, key = request.headers.get("x-device-id"), request.headers.get("x-api-key")
+    if device_id and key and api.identity.feed.index.credential(key, "api_key", device_id) is None:
+        address = request.client.host if request.client else "unknown"
+        if not api.ingest.allow_unknown_key(address):
+            raise ApiError(
+                429, "RATE_LIMITED", "too many unknown API keys from this address", {"Retry-After": "1"}
+            )
+    return await api.identity.device_api_key(request)
+
+
 async def k_metrics(api: Api, request: Request) -> Reply:
     """Dialect K metrics (a heartbeat too); exactly 201."""
-    caller = limited(api, await api.identity.device_api_key(request))
+    caller = limited(api, await k_device(api, request))
     async with refusals():
         beat = parse_k(await api.body(request), caller.device_id)
         await api.ingest.accept(caller, beat)

@@ -17,6 +17,9 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     latest_ttl_s: int = 300
     # heartbeats per device per second, counted per process (0: no limit); 429 above
     device_rate_per_s: int = 10
+    # dialect K requests with an API key not in the identity index, per client address per second,
+    # counted per process (0: no limit); 429 above, before the index is re-read from Redis
+    unknown_key_rate_per_s: int = 10
     # stream appends shared by concurrent requests
     batch_max: int = 500
     batch_max_delay_s: float = 0.002

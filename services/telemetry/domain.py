@@ -333,7 +333,8 @@ def chart_query(
 
 
 class DeviceRateLimit:
-    """At most ``limit`` heartbeats per device per fixed window, counted in this process (0: no limit).
+    """At most ``limit`` events per key (a device, a client address) per fixed window, counted in this
+    process (0: no limit).
 
     A cheap first line (no Redis round trip per request): with N replicas a device may reach N times
     the limit, which still stops a runaway client.

@@ -34,6 +34,8 @@ class Ingest:
         self.publisher = Publisher(host.redis, producer="telemetry")
         self.cache = LatestCache(host.redis, s.stream_prefix, int(getattr(s, "latest_ttl_s", 300)))
         self.limiter = DeviceRateLimit(int(getattr(s, "device_rate_per_s", 10)))
+        # per client address: requests whose API key is not in the identity index (each re-reads it)
+        self.unknown_keys = DeviceRateLimit(int(getattr(s, "unknown_key_rate_per_s", 10)))
         self.batcher = BatchingPublisher(
             self.publisher,
             max_batch=int(getattr(s, "batch_max", 500)),
@@ -44,6 +46,10 @@ class Ingest:
     def allow(self, caller: DeviceCaller) -> bool:
         """Whether the device is within its heartbeat rate."""
         return self.limiter.allow(caller.device_id, time.time())
+
+    def allow_unknown_key(self, address: str) -> bool:
+        """Whether this client address may have another unknown API key looked up in Redis."""
+        return self.unknown_keys.allow(address, time.time())
 
     async def accept(self, caller: DeviceCaller, beat: Beat) -> datetime:
         """Append one heartbeat; returns its receive time (raises if Redis did not take it)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from .conftest import World, uid
 
 
@@ -249,3 +251,43 @@ async def test_heartbeats_over_the_device_rate_are_429(world: World) -> None:
     refused = await world.post("/api/v1/device/heartbeat", {"status": "online"}, headers=dev.s)
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
     assert refused.json()["error"]["code"] == "RATE_LIMITED"
+
+
+async def test_unknown_api_keys_are_limited_per_address_before_the_index_is_reread(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown key or device makes the service re-read the identity streams (a Redis read, serialized
+    for every caller): a flood of them from one address is 429 before that read."""
+    from services.telemetry.handlers import ingest_of
+
+    path = "/api/v1/analytics/device-metrics"
+    dev = await world.device()
+    assert (await world.post(path, {"cpu_percent": 1}, headers=dev.k)).status_code == 201
+    limiter = ingest_of(world.host).unknown_keys
+    limiter.limit, limiter.window_s = 2, 86400.0  # one window for the whole test
+    assert world.host.identity is not None
+    feed = world.host.identity.feed
+    reads = 0
+    catch_up = feed.catch_up
+
+    async def counted() -> None:
+        nonlocal reads
+        reads += 1
+        await catch_up()
+
+    monkeypatch.setattr(feed, "catch_up", counted)
+    unknown = (
+        {"X-Device-ID": uid("nodev-"), "X-API-Key": "guess"},
+        {"X-Device-ID": dev.device_id, "X-API-Key": "guess"},
+        {"X-Device-ID": uid("nodev-"), "X-API-Key": dev.api_key},
+        {"X-Device-ID": dev.device_id, "X-API-Key": "guess-again"},
+    )
+    replies = [await world.post(path, {"cpu_percent": 1}, headers=h) for h in unknown]
+    assert [r.status_code for r in replies] == [401, 401, 429, 429]
+    assert reads == 2  # the refused ones never reached Redis
+    assert replies[-1].json()["error"]["code"] == "RATE_LIMITED" and replies[-1].headers["Retry-After"] == "1"
+    # a known device is found in memory: never counted, never held back
+    for _ in range(3):
+        assert (await world.post(path, {"cpu_percent": 1}, headers=dev.k)).status_code == 201
+    assert reads == 2
+    assert await world.length() == 4
