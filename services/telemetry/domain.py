@@ -252,6 +252,12 @@ def point_time(event: HeartbeatReceived) -> datetime:
     return event.sent_at if event.backfill and event.sent_at is not None else event.received_at
 
 
+def reading_time(event: HeartbeatReceived) -> datetime:
+    """When a heartbeat's readings were taken, to order the latest-metrics cache: the agent's send
+    time (a retry or a late delivery is older than what followed it), else the receive time."""
+    return event.sent_at if event.sent_at is not None else event.received_at
+
+
 def point_row(event_id: str, event: HeartbeatReceived) -> PointRow:
     """The time-series row of one heartbeat."""
     return (

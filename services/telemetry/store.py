@@ -2,61 +2,103 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from libs.events.envelope import Envelope
 from libs.events.pg import Conn
 from libs.events.schemas.telemetry import HeartbeatReceived
 
-from .domain import PointRow
+from .domain import PointRow, reading_time
 
 _decode = msgspec.json.Decoder(HeartbeatReceived).decode
 _encode = msgspec.json.Encoder().encode
 
 
+# Replace a device's cached heartbeat only with one taken at the same time or later. One script, so
+# two writers (API replicas, or a late retry) cannot interleave between the read and the write.
+# The value starts with its time in microseconds (``{"t":<n>,``); a value without it is replaced.
+_SET_IF_NEWER = """
+local cached = redis.call('GET', KEYS[1])
+if cached then
+  local t = tonumber(string.match(cached, '^{"t":(%d+)'))
+  if t and t > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class LatestCache:
-    """``<prefix>telemetry:latest:<device_id>`` holds the device's last live heartbeat, with a TTL."""
+    """``<prefix>telemetry:latest:<device_id>`` holds the device's newest live heartbeat, with a TTL."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, ttl_s: int) -> None:
         self.redis, self.prefix, self.ttl_s = redis, prefix, ttl_s
+        self._sha = hashlib.sha1(_SET_IF_NEWER.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
 
     def key(self, device_id: str) -> str:
         """The cache key of one device."""
         return f"{self.prefix}telemetry:latest:{device_id}"
 
     async def store(self, items: Sequence[tuple[str, Envelope]], _ids: Sequence[str] = ()) -> None:
-        """Cache the last live heartbeat of each device of a written batch, in one round trip."""
-        latest: dict[str, bytes] = {}
+        """Cache the newest live heartbeat of each device of a written batch, unless the cache holds a
+        newer one (one round trip)."""
+        newest: dict[str, tuple[int, HeartbeatReceived]] = {}
         for _stream, env in items:
             event = _decode(env.data)
             if event.backfill:  # an old heartbeat replayed by the agent is not the latest
                 continue
-            latest[event.device_id] = _encode(
-                {
-                    "metrics": event.metrics,
-                    "received_at": event.received_at,
-                    "status": event.status,
-                    "seq": event.seq,
-                    "flags": event.flags,
-                    "dialect": event.dialect,
-                }
-            )
-        if not latest:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for device_id, value in latest.items():
-            pipe.set(self.key(device_id), value, ex=self.ttl_s)
-        await pipe.execute()
+            t = (reading_time(event) - _EPOCH) // timedelta(microseconds=1)
+            if event.device_id not in newest or newest[event.device_id][0] <= t:
+                newest[event.device_id] = (t, event)
+        if newest:
+            await self._set_if_newer([(self.key(d), t, _cached(t, e)) for d, (t, e) in newest.items()])
+
+    async def _set_if_newer(self, writes: list[tuple[str, int, bytes]]) -> None:
+        # EVALSHA in a pipeline; the script is loaded only when Redis says it does not know it
+        # (redis-py's pipelined scripts would ask SCRIPT EXISTS first: a round trip per batch).
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for key, t, value in writes:
+                pipe.evalsha(self._sha, 1, key, t, value, self.ttl_s)
+            try:
+                await pipe.execute()
+                return
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.redis.script_load(_SET_IF_NEWER)
 
     async def get(self, device_id: str) -> dict[str, Any] | None:
         """The cached latest heartbeat of a device, or None after the TTL."""
         raw = await self.redis.get(self.key(device_id))
-        return None if raw is None else msgspec.json.decode(raw)
+        if raw is None:
+            return None
+        cached: dict[str, Any] = msgspec.json.decode(raw)
+        cached.pop("t", None)
+        return cached
+
+
+def _cached(t: int, event: HeartbeatReceived) -> bytes:
+    # "t" first: the script reads it from the start of the value
+    return _encode(
+        {
+            "t": t,
+            "metrics": event.metrics,
+            "received_at": event.received_at,
+            "status": event.status,
+            "seq": event.seq,
+            "flags": event.flags,
+            "dialect": event.dialect,
+        }
+    )
 
 
 # The rows of a batch, and the 1-minute and 1-hour rollups of the rows that were new (a retried
