@@ -51,6 +51,9 @@ class Subscription:
     handlers: Mapping[str, Handler] = field(default_factory=dict)
     batch: BatchHandler | None = None
     batch_types: frozenset[str] = frozenset()
+    # Entries per read (None: the runner's default). Larger for a handler whose cost is mostly per
+    # batch: a backlog is then read in fewer, larger transactions.
+    batch_size: int | None = None
 
     def wants(self, event_type: str) -> bool:
         """Whether this subscription handles events of this tag."""
@@ -82,7 +85,7 @@ class ConsumerRunner:
         self.consumer = consumer
         self.registry = registry
         self.dlq = dlq_stream(subscription.stream, prefix)
-        self.batch_size = batch_size
+        self.batch_size = subscription.batch_size or batch_size
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.claim_interval_s = (

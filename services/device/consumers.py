@@ -45,7 +45,7 @@ def subscriptions(host: ServiceHost) -> list[Subscription]:
     """Group ``device.presence`` on the heartbeats and gateway streams, one batch handler for both."""
     service = presence_service(host)
     return [
-        Subscription(host.stream(stream), CONSUMER, batch=service.handle, batch_types=TYPES)
+        Subscription(host.stream(stream), CONSUMER, batch=service.handle, batch_types=TYPES, batch_size=500)
         for stream in (HEARTBEATS, GATEWAY)
     ]
 

@@ -8,11 +8,12 @@ system reported it when it happened.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
+_replace = msgspec.structs.replace
 ONLINE, LATE, OFFLINE = "online", "late", "offline"
 NEVER_SEEN = "never_seen"
 FIRST_HEARTBEAT = "first_heartbeat"
@@ -26,8 +27,7 @@ DEFAULT_TIMEOUT_S = 90.0
 MAX_TIMING_S = 86_400
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(msgspec.Struct, frozen=True):
     """A device's heartbeat interval and timeout; late after interval + grace (half an interval)."""
 
     interval_s: float = DEFAULT_INTERVAL_S
@@ -94,8 +94,7 @@ def parse_timing(body: Any) -> tuple[float | None, float | None]:
     return interval, timeout
 
 
-@dataclass(frozen=True)
-class Presence:
+class Presence(msgspec.Struct, frozen=True, kw_only=True):
     """What presence keeps per device."""
 
     status: str = OFFLINE
@@ -119,8 +118,7 @@ class Presence:
         return min(pending) if pending else None
 
 
-@dataclass(frozen=True)
-class Beat:
+class Beat(msgspec.Struct, frozen=True):
     """A heartbeat (or metrics post); ``status == "offline"`` is a clean shutdown."""
 
     received_at: datetime
@@ -130,16 +128,14 @@ class Beat:
     boot: str | None = None
 
 
-@dataclass(frozen=True)
-class Connected:
+class Connected(msgspec.Struct, frozen=True):
     """The agent opened a socket."""
 
     at: datetime
     connection_id: str = ""
 
 
-@dataclass(frozen=True)
-class Disconnected:
+class Disconnected(msgspec.Struct, frozen=True):
     """The agent's socket closed; ``reason`` is socket_closed or agent_shutdown."""
 
     at: datetime
@@ -150,8 +146,7 @@ class Disconnected:
 Signal = Beat | Connected | Disconnected
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(msgspec.Struct, frozen=True):
     """A status change to report."""
 
     status: str
@@ -182,7 +177,7 @@ def _move(
 ) -> Presence:
     if status != state.status and (state.quiet_before is None or at >= state.quiet_before):
         out.append(Transition(status, state.status, reason, at))
-    return dataclasses.replace(state, status=status, reason=reason, **changes)
+    return _replace(state, status=status, reason=reason, **changes)
 
 
 def advance(state: Presence, now: datetime, out: list[Transition]) -> Presence:
@@ -191,7 +186,7 @@ def advance(state: Presence, now: datetime, out: list[Transition]) -> Presence:
         at = state.late_at
         damped = state.last_late is not None and at - state.last_late < timedelta(seconds=state.flap_window_s)
         if damped:  # the window counts from the last *reported* late, so it does not slide
-            state = dataclasses.replace(state, late_at=None)
+            state = _replace(state, late_at=None)
         else:
             state = _move(state, LATE, HEARTBEAT_MISSED, at, out, late_at=None, last_late=at)
     if state.offline_at is not None and state.offline_at <= now and state.status != OFFLINE:
@@ -202,7 +197,7 @@ def advance(state: Presence, now: datetime, out: list[Transition]) -> Presence:
 def _alive(state: Presence, at: datetime, out: list[Transition], **changes: Any) -> Presence:
     reason = FIRST_HEARTBEAT if state.last_seen is None else HEARTBEAT_RESUMED
     if state.status == ONLINE:
-        return dataclasses.replace(state, **changes)
+        return _replace(state, **changes)
     return _move(state, ONLINE, reason, at, out, **changes)
 
 
@@ -210,7 +205,8 @@ def observe(state: Presence, signal: Signal, timing: Timing, out: list[Transitio
     """Fold one signal (after the deadlines it passed), appending the transitions it causes."""
     at = signal.received_at if isinstance(signal, Beat) else signal.at
     state = advance(state, at, out)
-    state = dataclasses.replace(state, flap_window_s=timing.flap_window.total_seconds())
+    if state.flap_window_s != timing.timeout_s:
+        state = _replace(state, flap_window_s=timing.timeout_s)
     if isinstance(signal, Connected):
         seen_at = max(at, state.last_seen) if state.last_seen else at
         changes = {"connected": True, "connection_id": signal.connection_id or None, "last_seen": seen_at}

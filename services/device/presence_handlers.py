@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import msgspec
 
 from libs.events.envelope import entry_key
 from libs.events.outbox import Outbox
@@ -126,7 +127,7 @@ async def apply_batch(
     for device_id, row in rows.items():
         state = row.state
         if quiet_before is not None:
-            state = dataclasses.replace(state, quiet_before=quiet_before)
+            state = msgspec.structs.replace(state, quiet_before=quiet_before)
         timing = _timing(row.metadata, row.workspace, base)
         save, out = _fold(state, row, per_device[device_id], timing)
         saved.append(save)

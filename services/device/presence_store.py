@@ -42,42 +42,59 @@ class Save:
     metrics: dict[str, Any] | None = None
 
 
+_STATE_KEYS = tuple(k.strip() for k in _STATE.split(","))
+
+
 def _state(r: Any) -> Presence:
-    return Presence(**{k.strip(): r[k.strip()] for k in _STATE.split(",")})
+    return Presence(**{k: r[k] for k in _STATE_KEYS})
+
+
+def _number(expr: str) -> str:
+    return f"CASE WHEN jsonb_typeof({expr}) = 'number' THEN ({expr})::float8 END"
+
+
+# Only what timing needs from the device's metadata, not the whole document.
+_SELECT = (
+    f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, "
+    + _number("d.metadata->'heartbeat_interval_s'")
+    + " AS d_interval, "
+    + _number("d.metadata->'heartbeat_timeout_s'")
+    + " AS d_timeout, "
+    + "w.heartbeat_interval_s, w.heartbeat_timeout_s "
+    "FROM presence p JOIN devices d USING (device_id) "
+    "LEFT JOIN presence_workspaces w ON w.workspace_id = p.workspace_id "
+    "WHERE p.device_id = ANY($1::text[]) AND d.deleted_at IS NULL ORDER BY p.device_id FOR UPDATE OF p"
+)
 
 
 async def lock(conn: Conn, device_ids: Sequence[str]) -> dict[str, Row]:
-    """Create missing rows for live registry devices, then lock and load them (in id order)."""
-    await conn.execute(
-        "INSERT INTO presence (device_id, workspace_id) SELECT device_id, workspace_id FROM devices "
-        "WHERE device_id = ANY($1::text[]) AND deleted_at IS NULL ORDER BY device_id "
-        "ON CONFLICT DO NOTHING",
-        list(device_ids),
-    )
-    rows = await conn.fetch(
-        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, d.metadata, "
-        "w.heartbeat_interval_s, w.heartbeat_timeout_s "
-        "FROM presence p JOIN devices d USING (device_id) "
-        "LEFT JOIN presence_workspaces w ON w.workspace_id = p.workspace_id "
-        "WHERE p.device_id = ANY($1::text[]) AND d.deleted_at IS NULL ORDER BY p.device_id FOR UPDATE OF p",
-        list(device_ids),
-    )
-    return {r["device_id"]: _row(r) for r in rows}
+    """Lock and load the devices' rows (in id order), creating missing ones for live registry devices."""
+    rows = await conn.fetch(_SELECT, list(device_ids))
+    found = {r["device_id"]: _row(r) for r in rows}
+    if missing := sorted(set(device_ids) - set(found)):
+        await conn.execute(
+            "INSERT INTO presence (device_id, workspace_id) SELECT device_id, workspace_id FROM devices "
+            "WHERE device_id = ANY($1::text[]) AND deleted_at IS NULL ORDER BY device_id "
+            "ON CONFLICT DO NOTHING",
+            missing,
+        )
+        found.update({r["device_id"]: _row(r) for r in await conn.fetch(_SELECT, missing)})
+    return found
 
 
 def _row(r: Any) -> Row:
     ws = {"heartbeat_interval_s": r["heartbeat_interval_s"], "heartbeat_timeout_s": r["heartbeat_timeout_s"]}
+    device = {"heartbeat_interval_s": r["d_interval"], "heartbeat_timeout_s": r["d_timeout"]}
     positions = {"hb": r["hb_entry"], "gw": r["gw_entry"]}
-    return Row(
-        r["device_id"], r["workspace_id"], _state(r), msgspec.json.decode(r["metadata"]), ws, positions
-    )
+    return Row(r["device_id"], r["workspace_id"], _state(r), device, ws, positions)
 
 
 async def due(conn: Conn, now: datetime, limit: int) -> list[Row]:
     """Lock rows whose deadline passed, skipping rows another replica or consumer holds."""
     rows = await conn.fetch(
-        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, '{{}}'::text AS metadata, "
-        "NULL::float8 AS heartbeat_interval_s, NULL::float8 AS heartbeat_timeout_s "
+        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, "
+        "NULL::float8 AS d_interval, NULL::float8 AS d_timeout, NULL::float8 AS heartbeat_interval_s, "
+        "NULL::float8 AS heartbeat_timeout_s "
         "FROM presence p WHERE p.next_at <= $1 ORDER BY p.next_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         now,
         limit,
