@@ -1,7 +1,9 @@
 """Concurrent publishes that share round trips: one background task appends queued envelopes in batches.
 
-A caller's ``publish`` returns only once Redis has acknowledged its entry (the commit point); when the
-batch fails, every caller of that batch gets the error and nothing is claimed as written.
+A caller's ``publish`` returns only once Redis has acknowledged its entry (the commit point). Its
+errors say what happened to the entry: :class:`NotSent` and :class:`PublisherClosed` mean it was
+never sent (nothing written); an error from Redis fails every caller of the batch; and
+:class:`OutcomeUnknown` means Redis had the entry but did not answer in time (it may be written).
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ class PublisherClosed(RuntimeError):
     """The batcher was closed before the envelope could be appended."""
 
 
+class NotSent(TimeoutError):
+    """The envelope was still queued at its deadline and was withdrawn: nothing was written."""
+
+
+class OutcomeUnknown(RuntimeError):
+    """Redis had the envelope but gave no answer within the hard cap: it may or may not be written."""
+
+
+class _Entry:
+    """A queued envelope and its caller's future; ``sent`` once a batch has taken it (no way back)."""
+
+    __slots__ = ("envelope", "future", "sent", "stream")
+
+    def __init__(self, stream: str, envelope: Envelope, future: asyncio.Future[str]) -> None:
+        self.stream, self.envelope, self.future = stream, envelope, future
+        self.sent = False
+
+
 class BatchingPublisher:
     """Queues envelopes and appends them with ``Publisher.publish_envelopes``, one batch at a time.
 
@@ -27,8 +47,13 @@ class BatchingPublisher:
     the queue fills while a flush is in flight). After an idle spell the first envelope waits up to
     ``max_delay_s`` for companions, or until ``max_batch`` are queued. ``after_flush`` (optional)
     runs after the waiters of a written batch are released, e.g. to refresh a cache; it overlaps
-    the next batch's append (one follow-up in flight at a time). A batch not acknowledged within
-    ``timeout_s`` fails its waiters with TimeoutError (its entries may still have been written).
+    the next batch's append (one follow-up in flight at a time).
+
+    Deadlines: an envelope still queued ``timeout_s`` after ``publish`` is withdrawn and its caller
+    gets :class:`NotSent` (so that error is true: nothing was written); a cancelled caller's queued
+    envelope is withdrawn too. Once a batch has taken an envelope it cannot be withdrawn (Redis may
+    apply it any time), so its caller waits for Redis's answer, however late, up to
+    ``hard_timeout_s`` per batch; past that it gets :class:`OutcomeUnknown`.
     """
 
     def __init__(
@@ -39,15 +64,18 @@ class BatchingPublisher:
         max_delay_s: float = 0.002,
         after_flush: AfterFlush | None = None,
         timeout_s: float = 5.0,
+        hard_timeout_s: float = 30.0,
     ) -> None:
         self.publisher = publisher
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.after_flush = after_flush
         self.timeout_s = timeout_s
+        self.hard_timeout_s = hard_timeout_s
         self.flushes = 0
+        self.in_flight = 0  # entries of the batch Redis has and has not answered yet
         self._follow_up: asyncio.Task[None] | None = None
-        self._queue: list[tuple[str, Envelope, asyncio.Future[str]]] = []
+        self._queue: list[_Entry] = []
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -63,12 +91,24 @@ class BatchingPublisher:
     async def publish(self, stream: str, envelope: Envelope) -> str:
         """Append ``envelope`` to ``stream`` with the next batch; returns its entry id once acknowledged."""
         self.start()
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue.append((stream, envelope, future))
+        loop = asyncio.get_running_loop()
+        entry = _Entry(stream, envelope, loop.create_future())
+        self._queue.append(entry)
         self._wake.set()
         if len(self._queue) >= self.max_batch:
             self._full.set()
-        return await future
+        deadline = loop.call_later(self.timeout_s, self._withdraw, entry)
+        try:
+            # a cancelled caller cancels the future: a batch not yet formed skips it
+            return await entry.future
+        finally:
+            deadline.cancel()
+
+    def _withdraw(self, entry: _Entry) -> None:
+        if not entry.sent and not entry.future.done():
+            entry.future.set_exception(
+                NotSent(f"not sent within {self.timeout_s:g} s; withdrawn, nothing was written")
+            )
 
     async def aclose(self) -> None:
         """Flush what is queued, then stop; later publishes raise :class:`PublisherClosed`."""
@@ -97,15 +137,30 @@ class BatchingPublisher:
                     continue
                 if not busy and not self._closed and len(self._queue) < self.max_batch:
                     await self._linger()
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                batch = self._take()
                 if len(self._queue) < self.max_batch:
                     self._full.clear()
-                await self._flush(batch)
-                busy = True
+                if batch:
+                    await self._flush(batch)
+                    busy = True
         except asyncio.CancelledError:
             self._fail(self._queue, PublisherClosed("the batching publisher was cancelled"))
             self._queue = []
             raise
+
+    def _take(self) -> list[_Entry]:
+        """Up to ``max_batch`` live entries off the queue, marked sent; withdrawn ones are dropped."""
+        batch: list[_Entry] = []
+        taken = 0
+        for entry in self._queue:
+            taken += 1
+            if not entry.future.done():
+                entry.sent = True
+                batch.append(entry)
+                if len(batch) == self.max_batch:
+                    break
+        del self._queue[:taken]
+        return batch
 
     async def _linger(self) -> None:
         """Wait up to ``max_delay_s`` for companions (or a full batch)."""
@@ -117,20 +172,26 @@ class BatchingPublisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._full.wait(), self.max_delay_s)
 
-    async def _flush(self, batch: list[tuple[str, Envelope, asyncio.Future[str]]]) -> None:
-        items = [(stream, env) for stream, env, _f in batch]
+    async def _flush(self, batch: list[_Entry]) -> None:
+        items = [(e.stream, e.envelope) for e in batch]
         self.flushes += 1
+        self.in_flight = len(batch)
+        cap = asyncio.timeout(self.hard_timeout_s)
         try:
-            ids = await asyncio.wait_for(self.publisher.publish_envelopes(items), self.timeout_s)
+            async with cap:
+                ids = await self.publisher.publish_envelopes(items)
         except asyncio.CancelledError:
-            self._fail(batch, PublisherClosed("the batching publisher was cancelled"))
+            self._fail(batch, OutcomeUnknown("the batching publisher stopped while Redis had the batch"))
             raise
         except Exception as exc:
-            self._fail(batch, exc)
+            late = OutcomeUnknown(f"Redis did not answer within {self.hard_timeout_s:g} s")
+            self._fail(batch, late if cap.expired() else exc)
             return
-        for (_s, _e, future), entry_id in zip(batch, ids, strict=True):
-            if not future.done():
-                future.set_result(entry_id)
+        finally:
+            self.in_flight = 0
+        for entry, entry_id in zip(batch, ids, strict=True):
+            if not entry.future.done():
+                entry.future.set_result(entry_id)
         if self.after_flush is not None:
             await self._settle_follow_up()
             self._follow_up = asyncio.create_task(self._run_follow_up(self.after_flush, items, ids))
@@ -147,10 +208,10 @@ class BatchingPublisher:
             self._follow_up = None
 
     @staticmethod
-    def _fail(batch: Sequence[tuple[str, Envelope, asyncio.Future[str]]], exc: BaseException) -> None:
-        for _s, _e, future in batch:
-            if not future.done():
-                future.set_exception(exc)
+    def _fail(batch: Sequence[_Entry], exc: BaseException) -> None:
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_exception(exc)
 
 
-__all__ = ["AfterFlush", "BatchingPublisher", "PublisherClosed"]
+__all__ = ["AfterFlush", "BatchingPublisher", "NotSent", "OutcomeUnknown", "PublisherClosed"]

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from libs.events.batching import PublisherClosed
+from libs.events.batching import OutcomeUnknown, PublisherClosed
 from libs.events.http import ApiError, BodyLimit, DeviceCaller, Identity
 from libs.events.service import ServiceHost
 
@@ -69,13 +69,16 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def refusals() -> AsyncIterator[None]:
-    """Invalid bodies are 4xx (mostly 400; 403 for another device's body); an unwritten heartbeat is 503."""
+    """Invalid bodies are 4xx (mostly 400; 403 for another device's body); an unwritten heartbeat is
+    503, and one Redis had but did not confirm in time is 504 (it may be written)."""
     try:
         yield
     except InvalidHeartbeat as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     except ApiError:
         raise
+    except OutcomeUnknown as exc:
+        raise ApiError(504, "OUTCOME_UNKNOWN", f"heartbeat may or may not be stored ({exc})") from None
     except (PublisherClosed, ConnectionError, OSError, TimeoutError) as exc:
         raise ApiError(503, "UNAVAILABLE", f"heartbeat not stored ({type(exc).__name__})") from None
     except Exception as exc:

@@ -23,6 +23,10 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # stream appends shared by concurrent requests
     batch_max: int = 500
     batch_max_delay_s: float = 0.002
+    # a heartbeat not yet sent to Redis this long after it arrived is withdrawn and answered 503;
+    # one Redis already has is waited for up to the hard cap (then 504: it may be written)
+    batch_send_timeout_s: float = 5.0
+    batch_hard_timeout_s: float = 30.0
     # time-series retention, per table (hours), and how often old rows are deleted
     raw_retention_h: float = 168
     rollup_1m_retention_h: float = 720

@@ -41,6 +41,8 @@ class Ingest:
             max_batch=int(getattr(s, "batch_max", 500)),
             max_delay_s=float(getattr(s, "batch_max_delay_s", 0.002)),
             after_flush=self.cache.store,
+            timeout_s=float(getattr(s, "batch_send_timeout_s", 5.0)),
+            hard_timeout_s=float(getattr(s, "batch_hard_timeout_s", 30.0)),
         )
 
     def allow(self, caller: DeviceCaller) -> bool:

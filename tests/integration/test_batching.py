@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 import redis.asyncio as aioredis
 
-from libs.events.batching import BatchingPublisher, PublisherClosed
-from libs.events.envelope import Envelope, decode_entry
+from libs.events.batching import BatchingPublisher, NotSent, OutcomeUnknown, PublisherClosed
+from libs.events.envelope import Envelope, decode_entry, decode_event
 from libs.events.publisher import Publisher
+from libs.events.schemas import REGISTRY
 from libs.events.schemas.telemetry import HeartbeatReceived
 
 from ..conftest import RedisServer
@@ -118,18 +120,111 @@ async def test_after_flush_sees_written_batches(r: aioredis.Redis, prefix: str) 
     assert sorted(seen) == sorted(ids)
 
 
-async def test_a_batch_not_acknowledged_in_time_fails_its_waiters(r: aioredis.Redis, prefix: str) -> None:
-    class Hanging(Publisher):
-        async def publish_envelopes(self, items: Sequence[tuple[str, Envelope]]) -> list[str]:
-            await asyncio.sleep(10)
-            return []
+@contextlib.asynccontextmanager
+async def writes_held(server: RedisServer) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Redis takes commands but holds every write (``CLIENT PAUSE WRITE``) until ``release()``."""
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
 
-    pub = Hanging(r, producer="test")
-    batcher = BatchingPublisher(pub, timeout_s=0.05)
+    async def release() -> None:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+
     try:
-        results = await asyncio.gather(
-            *(batcher.publish(prefix + "s", beat(pub, i)) for i in range(5)), return_exceptions=True
-        )
+        yield release
+    finally:
+        await release()
+        await admin.aclose()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a state of the batcher (no fixed sleep)."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def seqs(client: aioredis.Redis, stream: str) -> list[int]:
+    """The heartbeats' seq numbers on the stream, in order."""
+    out = []
+    for _id, fields in await client.xrange(stream):
+        event = decode_event(decode_entry(fields), REGISTRY)
+        assert isinstance(event, HeartbeatReceived) and event.seq is not None
+        out.append(event.seq)
+    return out
+
+
+@pytest.fixture
+async def slow(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the private Redis (whose writes a test may hold)."""
+    client = aioredis.Redis.from_url(redis_server.url, socket_connect_timeout=1)
+    yield client
+    await client.aclose()
+
+
+async def test_an_entry_redis_has_is_awaited_and_a_queued_one_withdrawn(
+    redis_server: RedisServer, slow: aioredis.Redis, prefix: str
+) -> None:
+    """Past the send deadline, an entry not yet sent is withdrawn (nothing written: the error is
+    true), while one Redis already has is waited for until Redis answers (not reported failed)."""
+    pub = counting(slow)
+    batcher = BatchingPublisher(pub, timeout_s=0.2, hard_timeout_s=30)
+    stream = prefix + "s"
+    try:
+        await batcher.publish(stream, beat(pub, 0))
+        async with writes_held(redis_server) as release:
+            sent = asyncio.create_task(batcher.publish(stream, beat(pub, 1)))
+            await until(lambda: batcher.in_flight == 1)
+            with pytest.raises(NotSent):  # queued behind the held batch past its deadline
+                await batcher.publish(stream, beat(pub, 2))
+            assert not sent.done()  # past its own deadline too, but Redis has it
+            assert await slow.xlen(stream) == 1
+            await release()
+            assert await sent
+        await batcher.publish(stream, beat(pub, 3))  # the withdrawn entry does not ride along later
     finally:
         await batcher.aclose()
-    assert all(isinstance(x, TimeoutError) for x in results), results
+    assert await seqs(slow, stream) == [0, 1, 3]
+
+
+async def test_a_cancelled_waiter_withdraws_its_unsent_entry(
+    redis_server: RedisServer, slow: aioredis.Redis, prefix: str
+) -> None:
+    pub = counting(slow)
+    batcher = BatchingPublisher(pub, timeout_s=30, hard_timeout_s=30)
+    stream = prefix + "s"
+    try:
+        await batcher.publish(stream, beat(pub, 0))
+        async with writes_held(redis_server) as release:
+            sent = asyncio.create_task(batcher.publish(stream, beat(pub, 1)))
+            await until(lambda: batcher.in_flight == 1)
+            queued = asyncio.create_task(batcher.publish(stream, beat(pub, 2)))
+            await asyncio.sleep(0)  # queued
+            queued.cancel()  # e.g. the client went away
+            await release()
+            assert await sent
+        await batcher.publish(stream, beat(pub, 3))
+    finally:
+        await batcher.aclose()
+    assert queued.cancelled()
+    assert await seqs(slow, stream) == [0, 1, 3]
+
+
+async def test_no_answer_within_the_hard_cap_is_an_unknown_outcome(
+    redis_server: RedisServer, slow: aioredis.Redis, prefix: str
+) -> None:
+    pub = counting(slow)
+    batcher = BatchingPublisher(pub, timeout_s=0.05, hard_timeout_s=0.3)
+    stream = prefix + "s"
+    try:
+        await batcher.publish(stream, beat(pub, 0))
+        async with writes_held(redis_server):
+            results = await asyncio.gather(
+                *(batcher.publish(stream, beat(pub, i)) for i in range(1, 4)), return_exceptions=True
+            )
+        assert all(isinstance(x, OutcomeUnknown) for x in results), results
+        assert batcher.in_flight == 0
+        assert await batcher.publish(stream, beat(pub, 9))  # and the batcher carries on
+    finally:
+        await batcher.aclose()

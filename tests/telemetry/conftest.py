@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -128,25 +129,24 @@ class World:
         return await self.client.post(path, json=body, **kw)
 
 
-@pytest.fixture(params=["routes", "fast"])
-async def world(database_url: str, prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[World]:
-    """A started telemetry host on this run's database and this test's stream prefix.
-
-    Each test runs twice: through the FastAPI routes, and with the ingestion hot path in front.
-    """
-    settings = Settings(
-        redis_url=REDIS_URL,
+@contextlib.asynccontextmanager
+async def started(
+    database_url: str, prefix: str, *, fast: bool, redis_url: str = REDIS_URL, **settings: Any
+) -> AsyncIterator[World]:
+    """A started telemetry host (on ``redis_url``) and a client of its app (``fast``: the hot path)."""
+    config = Settings(
+        redis_url=redis_url,
         database_url=database_url,
         stream_prefix=prefix,
         signing_key="x" * 40,
-        device_rate_per_s=0,  # the rate test sets its own limit
+        **{"device_rate_per_s": 0, **settings},  # the rate test sets its own limit
     )
-    host = ServiceHost(SPEC, settings)
+    host = ServiceHost(SPEC, config)
     await host.start()
     assert host.identity is not None and host.redis is not None
     host.identity.feed.block_ms = 20
     app: Any = host.build_app(manage_lifespan=False)
-    if request.param == "fast":
+    if fast:
         app = fast_app(host, app)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1234))
     try:
@@ -155,3 +155,13 @@ async def world(database_url: str, prefix: str, request: pytest.FixtureRequest) 
     finally:
         await host.redis.xadd(prefix + "events:auth", {"type": "test.wake", "envelope": "{}"})
         await host.stop()
+
+
+@pytest.fixture(params=["routes", "fast"])
+async def world(database_url: str, prefix: str, request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """A started telemetry host on this run's database and this test's stream prefix.
+
+    Each test runs twice: through the FastAPI routes, and with the ingestion hot path in front.
+    """
+    async with started(database_url, prefix, fast=request.param == "fast") as w:
+        yield w

@@ -1,0 +1,99 @@
+"""A slow Redis: the answer to a heartbeat says truthfully whether it was written.
+
+A private Redis holds every write (``CLIENT PAUSE WRITE``) while the test looks: a heartbeat Redis
+already has is answered when Redis answers; one still queued at its deadline is withdrawn and
+answered 503 (and never written); one Redis does not answer within the hard cap is 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.telemetry.handlers import ingest_of
+
+from ..conftest import RedisServer
+from .conftest import World, started
+
+S = "/api/v1/device/heartbeat"
+
+
+@pytest.fixture(params=["routes", "fast"])
+async def slow_world(
+    database_url: str, prefix: str, redis_server: RedisServer, request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
+    """Telemetry on a private Redis; a heartbeat not sent within 0.2 s is withdrawn."""
+    async with started(
+        database_url,
+        prefix,
+        fast=request.param == "fast",
+        redis_url=redis_server.url,
+        batch_send_timeout_s=0.2,
+    ) as world:
+        yield world
+
+
+@contextlib.asynccontextmanager
+async def writes_held(server: RedisServer) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Redis takes commands but holds every write until ``release()``."""
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+
+    async def release() -> None:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+
+    try:
+        yield release
+    finally:
+        await release()
+        await admin.aclose()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a state of the service (no fixed sleep)."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def beat(n: int) -> dict[str, object]:
+    return {"status": "online", "metrics": {"n": n}}
+
+
+async def test_503_means_not_written_and_a_heartbeat_redis_has_is_not_refused(
+    slow_world: World, redis_server: RedisServer
+) -> None:
+    world = slow_world
+    dev = await world.device()
+    assert (await world.post(S, beat(0), headers=dev.s)).status_code == 200
+    batcher = ingest_of(world.host).batcher
+    async with writes_held(redis_server) as release:
+        sent = asyncio.create_task(world.post(S, beat(1), headers=dev.s))
+        await until(lambda: batcher.in_flight == 1)
+        queued = await world.post(S, beat(2), headers=dev.s)  # behind the held batch, past 0.2 s
+        assert queued.status_code == 503, queued.text
+        assert queued.json()["error"]["code"] == "UNAVAILABLE"
+        assert not sent.done()  # past its deadline too, but Redis has it: no answer yet
+        await release()
+        answered = await sent
+        assert answered.status_code == 200, answered.text  # written, and told so
+    assert (await world.post(S, beat(3), headers=dev.s)).status_code == 200
+    assert [b.metrics["n"] for b in await world.heartbeats()] == [0, 1, 3]  # 2 was never written
+
+
+async def test_no_answer_within_the_hard_cap_is_504(slow_world: World, redis_server: RedisServer) -> None:
+    world = slow_world
+    dev = await world.device()
+    assert (await world.post(S, beat(0), headers=dev.s)).status_code == 200
+    ingest_of(world.host).batcher.hard_timeout_s = 0.3
+    async with writes_held(redis_server):
+        resp = await world.post(S, beat(1), headers=dev.s)
+    assert resp.status_code == 504, resp.text
+    assert resp.json()["error"]["code"] == "OUTCOME_UNKNOWN"
+    assert (await world.post(S, beat(2), headers=dev.s)).status_code == 200
