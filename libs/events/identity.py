@@ -46,6 +46,10 @@ _claims_encoder = msgspec.json.Encoder()
 _claims_decoder = msgspec.json.Decoder(Claims)
 
 
+# Well-signed tokens a Signer remembers (about 1 KB each at most): one per device session in use.
+VERIFIED_CACHE = 20_000
+
+
 def _b64e(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -62,6 +66,7 @@ class Signer:
             raise ValueError("the signing key must be at least 32 characters")
         self._key = hashlib.sha256(b"fleet-token-v1\x00" + secret.encode()).digest()
         self.kid = hashlib.sha256(self._key).hexdigest()[:8]
+        self._verified: dict[str, Claims] = {}
 
     def _mac(self, head: str) -> bytes:
         return hmac.new(self._key, head.encode(), hashlib.sha256).digest()
@@ -72,7 +77,23 @@ class Signer:
         return f"{head}.{_b64e(self._mac(head))}"
 
     def verify(self, token: str, *, now: float) -> Claims:
-        """The claims of a well-signed, unexpired token; TokenError otherwise."""
+        """The claims of a well-signed, unexpired token; TokenError otherwise.
+
+        Tokens whose signature checked out are remembered (up to ``VERIFIED_CACHE``, oldest first
+        out), so a device heartbeating with the same session skips the HMAC and the decoding; expiry
+        is checked on every use, and revocation is the index's business (checked by the caller).
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._check(token)
+            if len(self._verified) >= VERIFIED_CACHE:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        if claims.exp <= now:
+            raise TokenError("expired")
+        return claims
+
+    def _check(self, token: str) -> Claims:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("malformed")
         parts = token.split(".")
@@ -88,8 +109,6 @@ class Signer:
             claims = _claims_decoder.decode(_b64d(parts[2]))
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
             raise TokenError("malformed") from None
-        if claims.exp <= now:
-            raise TokenError("expired")
         return claims
 
 

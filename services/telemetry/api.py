@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,24 +66,21 @@ class Api:
             raise ApiError(400, "BAD_REQUEST", "the body is not valid JSON") from None
 
 
-@contextlib.asynccontextmanager
-async def refusals() -> AsyncIterator[None]:
-    """Invalid bodies are 4xx (mostly 400; 403 for another device's body); an unwritten heartbeat is
-    503, and one Redis had but did not confirm in time is 504 (it may be written)."""
-    try:
-        yield
-    except InvalidHeartbeat as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-    except ApiError:
-        raise
-    except OutcomeUnknown as exc:
-        raise ApiError(504, "OUTCOME_UNKNOWN", f"heartbeat may or may not be stored ({exc})") from None
-    except (PublisherClosed, ConnectionError, OSError, TimeoutError) as exc:
-        raise ApiError(503, "UNAVAILABLE", f"heartbeat not stored ({type(exc).__name__})") from None
-    except Exception as exc:
-        if type(exc).__module__.startswith("redis"):
-            raise ApiError(503, "UNAVAILABLE", f"heartbeat not stored ({type(exc).__name__})") from None
-        raise
+def refusal(exc: Exception) -> Exception:
+    """What an ingestion use-case's exception answers: invalid bodies are 4xx (mostly 400; 403 for
+    another device's body); an unwritten heartbeat is 503, and one Redis had but did not confirm in
+    time is 504 (it may be written). Anything else is returned as is (a bug: 500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidHeartbeat):
+        return ApiError(exc.status, exc.code, exc.message)
+    if isinstance(exc, OutcomeUnknown):
+        return ApiError(504, "OUTCOME_UNKNOWN", f"heartbeat may or may not be stored ({exc})")
+    if isinstance(exc, PublisherClosed | ConnectionError | OSError | TimeoutError) or type(
+        exc
+    ).__module__.startswith("redis"):
+        return ApiError(503, "UNAVAILABLE", f"heartbeat not stored ({type(exc).__name__})")
+    return exc
 
 
 Reply = tuple[int, dict[str, Any]]
@@ -100,9 +96,8 @@ def limited(api: Api, caller: DeviceCaller) -> DeviceCaller:
 async def s_heartbeat(api: Api, request: Request) -> Reply:
     """Dialect S heartbeat."""
     caller = limited(api, api.identity.device_session(request))
-    async with refusals():
-        beat = parse_s(await api.body(request))
-        at = await api.ingest.accept(caller, beat)
+    beat = parse_s(await api.body(request))
+    at = await api.ingest.accept(caller, beat)
     stamp = at.isoformat().replace("+00:00", "Z")
     return 200, {"success": True, "acknowledged": True, "timestamp": stamp, "nextHeartbeat": api.interval_ms}
 
@@ -127,27 +122,24 @@ async def k_device(api: Api, request: Request) -> DeviceCaller:
 async def k_metrics(api: Api, request: Request) -> Reply:
     """Dialect K metrics (a heartbeat too); exactly 201."""
     caller = limited(api, await k_device(api, request))
-    async with refusals():
-        beat = parse_k(await api.body(request), caller.device_id)
-        await api.ingest.accept(caller, beat)
+    beat = parse_k(await api.body(request), caller.device_id)
+    await api.ingest.accept(caller, beat)
     return 201, {"success": True, "message": "Metrics recorded"}
 
 
 async def agent_heartbeat(api: Api, request: Request) -> Reply:
     """The agent's heartbeat with its sequence number."""
     caller = limited(api, api.identity.device_session(request))
-    async with refusals():
-        beat = parse_agent(await api.body(request), now=datetime.now(UTC))
-        await api.ingest.accept(caller, beat)
+    beat = parse_agent(await api.body(request), now=datetime.now(UTC))
+    await api.ingest.accept(caller, beat)
     return 200, {"acknowledged": True, "seq": beat.seq, "nextHeartbeat": api.interval_ms}
 
 
 async def agent_backfill(api: Api, request: Request) -> Reply:
     """A batch of the agent's heartbeats sent late (backfill)."""
     caller = limited(api, api.identity.device_session(request))
-    async with refusals():
-        beats = parse_agent_batch(await api.body(request), now=datetime.now(UTC))
-        n = await api.ingest.accept_many(caller, beats)
+    beats = parse_agent_batch(await api.body(request), now=datetime.now(UTC))
+    n = await api.ingest.accept_many(caller, beats)
     return 200, {"acknowledged": n, "last_seq": max(b.seq or 0 for b in beats)}
 
 
@@ -170,7 +162,10 @@ def ingestion_router(api: Api) -> APIRouter:
 
 def _route(api: Api, use_case: Callable[[Api, Request], Awaitable[Reply]]) -> Callable[..., Awaitable[Any]]:
     async def route(request: Request) -> JSONResponse:
-        status, body = await use_case(api, request)
+        try:
+            status, body = await use_case(api, request)
+        except Exception as exc:
+            raise refusal(exc) from None
         return JSONResponse(body, status_code=status)
 
     return route
@@ -195,7 +190,10 @@ class FastIngest:
             status, body = await use_case(self.api, Request(scope, receive))
             headers: list[tuple[bytes, bytes]] = []
             payload = _encode(body)
-        except ApiError as exc:
+        except Exception as error:
+            exc = refusal(error)
+            if not isinstance(exc, ApiError):
+                raise
             status, payload = exc.status, _encode({"error": {"code": exc.code, "message": exc.message}})
             headers = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]

@@ -21,17 +21,24 @@ _decode = msgspec.json.Decoder(HeartbeatReceived).decode
 _encode = msgspec.json.Encoder().encode
 
 
-# Replace a device's cached heartbeat only with one taken at the same time or later. One script, so
-# two writers (API replicas, or a late retry) cannot interleave between the read and the write.
-# The value starts with its time in microseconds (``{"t":<n>,``); a value without it is replaced.
+# Replace each device's cached heartbeat only with one taken at the same time or later. One script
+# for the whole batch (one command to pack and parse, not one per device), and atomic, so two writers
+# (API replicas, or a late retry) cannot interleave between a read and a write. KEYS are the cache
+# keys; ARGV[1] is the TTL, then (time in microseconds, value) per key. A value starts with its time
+# (``{"t":<n>,``); a value without it is replaced.
 _SET_IF_NEWER = """
-local cached = redis.call('GET', KEYS[1])
-if cached then
-  local t = tonumber(string.match(cached, '^{"t":(%d+)'))
-  if t and t > tonumber(ARGV[1]) then return 0 end
+local ttl = ARGV[1]
+local written = 0
+for i, key in ipairs(KEYS) do
+  local t, value = tonumber(ARGV[2 * i]), ARGV[2 * i + 1]
+  local cached = redis.call('GET', key)
+  local old = cached and tonumber(string.match(cached, '^{"t":(%d+)'))
+  if not (old and old > t) then
+    redis.call('SET', key, value, 'EX', ttl)
+    written = written + 1
+  end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-return 1
+return written
 """
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -62,19 +69,16 @@ class LatestCache:
             await self._set_if_newer([(self.key(d), t, _cached(t, e)) for d, (t, e) in newest.items()])
 
     async def _set_if_newer(self, writes: list[tuple[str, int, bytes]]) -> None:
-        # EVALSHA in a pipeline; the script is loaded only when Redis says it does not know it
-        # (redis-py's pipelined scripts would ask SCRIPT EXISTS first: a round trip per batch).
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            for key, t, value in writes:
-                pipe.evalsha(self._sha, 1, key, t, value, self.ttl_s)
-            try:
-                await pipe.execute()
-                return
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.redis.script_load(_SET_IF_NEWER)
+        # EVALSHA; the script is loaded only when Redis says it does not know it (redis-py's
+        # registered scripts would ask SCRIPT EXISTS first in a pipeline: a round trip per batch).
+        args: list[Any] = [self.ttl_s]
+        for _key, t, value in writes:
+            args += (t, value)
+        keys = [key for key, _t, _v in writes]
+        try:
+            await self.redis.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.redis.eval(_SET_IF_NEWER, len(keys), *keys, *args)
 
     async def get(self, device_id: str) -> dict[str, Any] | None:
         """The cached latest heartbeat of a device, or None after the TTL."""

@@ -49,6 +49,26 @@ def test_expiry() -> None:
     assert signer.verify(token, now=99.9).exp == 100
 
 
+def test_remembered_tokens_still_expire_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import libs.events.identity as identity
+
+    monkeypatch.setattr(identity, "VERIFIED_CACHE", 3)
+    signer = Signer(KEY)
+    token = signer.issue(claims(exp=100))
+    assert signer.verify(token, now=50).exp == 100  # checked, then remembered
+    with pytest.raises(TokenError, match="expired"):
+        signer.verify(token, now=100)  # remembered, but expiry is checked on every use
+    tokens = [signer.issue(claims(sub=f"d{i}")) for i in range(5)]
+    for t in tokens:
+        signer.verify(t, now=time.time())
+    assert len(signer._verified) == 3 and tokens[-1] in signer._verified and token not in signer._verified
+    bad = tokens[0][:-2] + "xx"
+    for _ in range(2):  # a forged token is never remembered
+        with pytest.raises(TokenError):
+            signer.verify(bad, now=time.time())
+    assert bad not in signer._verified
+
+
 def test_short_keys_are_refused() -> None:
     with pytest.raises(ValueError):
         Signer("short")
