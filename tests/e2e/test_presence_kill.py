@@ -37,6 +37,7 @@ from libs.events.schemas import REGISTRY
 from libs.events.schemas.device import DeviceStatusChanged
 
 from ..conftest import REDIS_URL, free_port
+from .test_presence_processes import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "e2e-signing-key-" + "k" * 32
@@ -201,14 +202,10 @@ class Platform:
         """The APIs answer /readyz and the worker consumes."""
         deadline = time.monotonic() + within
         for port in self.ports.values():
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"port {port} not ready: {self.tails()}"
-                time.sleep(0.1)
+            try:
+                wait_ready(port, deadline)
+            except AssertionError:
+                raise AssertionError(f"port {port} not ready: {self.tails()}") from None
         while not (self.worker_started() and self.group_info() is not None):
             assert time.monotonic() < deadline, f"the worker does not consume: {self.tails()}"
             time.sleep(0.1)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import redis.asyncio as aioredis
 
 from libs.events.consumer import ConsumerRunner
+
+from ..conftest import RedisServer
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
@@ -39,3 +44,28 @@ class Running:
         self.runner.stop()
         assert self.task is not None
         await asyncio.wait_for(self.task, 5)
+
+
+@contextlib.asynccontextmanager
+async def writes_held(server: RedisServer) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Redis takes commands but holds every write (``CLIENT PAUSE WRITE``) until ``release()``."""
+    admin = aioredis.Redis.from_url(server.url)
+    await admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+
+    async def release() -> None:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+
+    try:
+        yield release
+    finally:
+        await release()
+        await admin.aclose()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a state of the batcher or service (no fixed sleep)."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")

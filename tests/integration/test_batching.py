@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +15,7 @@ from libs.events.schemas import REGISTRY
 from libs.events.schemas.telemetry import HeartbeatReceived
 
 from ..conftest import RedisServer
+from .helpers import until, writes_held
 
 
 class CountingPublisher(Publisher):
@@ -118,31 +118,6 @@ async def test_after_flush_sees_written_batches(r: aioredis.Redis, prefix: str) 
     finally:
         await batcher.aclose()
     assert sorted(seen) == sorted(ids)
-
-
-@contextlib.asynccontextmanager
-async def writes_held(server: RedisServer) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Redis takes commands but holds every write (``CLIENT PAUSE WRITE``) until ``release()``."""
-    admin = aioredis.Redis.from_url(server.url)
-    await admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
-
-    async def release() -> None:
-        await admin.execute_command("CLIENT", "UNPAUSE")
-
-    try:
-        yield release
-    finally:
-        await release()
-        await admin.aclose()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for a state of the batcher (no fixed sleep)."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 async def seqs(client: aioredis.Redis, stream: str) -> list[int]:

@@ -8,15 +8,14 @@ answered 503 (and never written); one Redis does not answer within the hard cap 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from services.telemetry.handlers import ingest_of
 
 from ..conftest import RedisServer
+from ..integration.helpers import until, writes_held
 from .conftest import World, started
 
 S = "/api/v1/device/heartbeat"
@@ -35,31 +34,6 @@ async def slow_world(
         batch_send_timeout_s=0.2,
     ) as world:
         yield world
-
-
-@contextlib.asynccontextmanager
-async def writes_held(server: RedisServer) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """Redis takes commands but holds every write until ``release()``."""
-    admin = aioredis.Redis.from_url(server.url)
-    await admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
-
-    async def release() -> None:
-        await admin.execute_command("CLIENT", "UNPAUSE")
-
-    try:
-        yield release
-    finally:
-        await release()
-        await admin.aclose()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for a state of the service (no fixed sleep)."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
 
 
 def beat(n: int) -> dict[str, object]:
