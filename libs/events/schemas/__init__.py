@@ -5,7 +5,7 @@ This package imports only msgspec and the standard library (an import-linter con
 
 from __future__ import annotations
 
-from . import auth, device, gateway, telemetry
+from . import auth, commands, device, gateway, telemetry
 from .base import Event, tag_of
 
 Registry = dict[str, type[Event]]
@@ -23,6 +23,8 @@ def build_registry(*groups: tuple[type[Event], ...]) -> Registry:
     return registry
 
 
-REGISTRY: Registry = build_registry(auth.EVENTS, device.EVENTS, telemetry.EVENTS, gateway.EVENTS)
+REGISTRY: Registry = build_registry(
+    auth.EVENTS, device.EVENTS, telemetry.EVENTS, gateway.EVENTS, commands.EVENTS
+)
 
 __all__ = ["REGISTRY", "Event", "Registry", "build_registry", "tag_of"]

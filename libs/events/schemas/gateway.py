@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from .base import Event
 
@@ -31,4 +32,48 @@ class AgentDisconnected(Event, frozen=True, tag="gateway.agent_disconnected.v1")
     connection_id: str = ""
 
 
-EVENTS: tuple[type[Event], ...] = (AgentConnected, AgentDisconnected)
+class CommandPushed(Event, frozen=True, tag="gateway.command_pushed.v1"):
+    """A gateway wrote a command to a device's socket (``dialect``: agent, s or w)."""
+
+    command_id: str
+    device_id: str
+    workspace_id: str
+    gateway_id: str
+    dialect: str
+    at: datetime
+    connection_id: str = ""
+
+
+class CommandAcked(Event, frozen=True, tag="gateway.command_acked.v1"):
+    """The device confirmed receipt of a command on its socket (the agent protocol's ``ack``)."""
+
+    command_id: str
+    device_id: str
+    workspace_id: str
+    at: datetime
+
+
+class CommandResultReceived(Event, frozen=True, tag="gateway.command_result.v1"):
+    """A device reported a command's result on its socket, in its dialect's words (``status`` as
+    sent: agent ``succeeded``/``failed``, W ``completed``/``failed``, S ``success``/``failure``...)."""
+
+    command_id: str
+    device_id: str
+    workspace_id: str
+    dialect: str
+    status: str
+    at: datetime
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    output: str | None = None
+    executed_at: datetime | None = None
+    duration_ms: float | None = None
+
+
+EVENTS: tuple[type[Event], ...] = (
+    AgentConnected,
+    AgentDisconnected,
+    CommandPushed,
+    CommandAcked,
+    CommandResultReceived,
+)

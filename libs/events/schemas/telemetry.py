@@ -28,4 +28,13 @@ class HeartbeatReceived(Event, frozen=True, tag="telemetry.heartbeat.v1"):
     flags: list[str] = []
 
 
-EVENTS: tuple[type[Event], ...] = (HeartbeatReceived,)
+class CommandsPiggybacked(Event, frozen=True, tag="telemetry.commands_piggybacked.v1"):
+    """Pending commands went out in a dialect S heartbeat's answer (``commands``), oldest first."""
+
+    device_id: str
+    workspace_id: str
+    command_ids: list[str]
+    at: datetime
+
+
+EVENTS: tuple[type[Event], ...] = (HeartbeatReceived, CommandsPiggybacked)
