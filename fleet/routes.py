@@ -33,6 +33,19 @@ ROUTES: tuple[Route, ...] = (
     ("/api/v1/sites", "device"),
     ("/api/v1/presence", "device"),
     ("/api/devices", "device"),
+    # commands: operator queue/history/cancel, K polling and status, S results, W command routes
+    ("/api/v1/commands", "commands"),
+    ("/api/v1/devices/pending", "commands"),
+    ("/api/v1/devices/*/commands", "commands"),
+    ("/api/v1/devices/*/status", "commands"),
+    ("/api/v1/device/commands", "commands"),
+    ("/api/devices/*/command", "commands"),
+    ("/api/devices/*/control", "commands"),
+    ("/api/devices/*/commands", "commands"),
+    # gateway: agent, dialect S and dialect W sockets, portal sockets
+    ("/api/v1/agent/ws", "gateway"),
+    ("/api/v1/device/ws", "gateway"),
+    ("/ws/", "gateway"),
 )
 
 SERVICES_PREFIX = "/_services/"

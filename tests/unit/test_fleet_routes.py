@@ -78,8 +78,13 @@ def test_wildcard_segments_and_specificity() -> None:
     from fleet.routes import ROUTES
 
     services = {"auth", "device", "telemetry", "commands", "gateway"}
-    routes = [*ROUTES, ("/api/v1/devices/pending", "commands"), ("/api/v1/devices/*/commands", "commands")]
+    routes = list(ROUTES)
     check_routes(routes, services)
+    assert resolve("/api/v1/devices/c1/status", routes, services) == Target("commands")  # K result
+    assert resolve("/api/devices/d1/control", routes, services) == Target("commands")
+    assert resolve("/api/v1/agent/ws", routes, services) == Target("gateway")
+    assert resolve("/api/v1/agent/heartbeat", routes, services) == Target("telemetry")
+    assert resolve("/ws/device/abc", routes, services) == Target("gateway")
     assert resolve("/api/v1/devices/d1/credentials", routes, services) == Target("auth")
     assert resolve("/api/v1/devices/d1/commands", routes, services) == Target("commands")
     assert resolve("/api/v1/devices/pending", routes, services) == Target("commands")
