@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from libs.events.consumer import Subscription
 from libs.events.outbox import Outbox
-from libs.events.projection import Projection
+from libs.events.projection import Projection, projection_handler
 from libs.events.service import ServiceHost
 from libs.events.stats import oldest_unhandled_ms
 
+from . import history
 from .config import Settings
 from .handlers import STREAM
 from .presence import Timing
@@ -42,11 +44,21 @@ def presence_service(host: ServiceHost) -> PresenceService:
 
 
 def subscriptions(host: ServiceHost) -> list[Subscription]:
-    """Group ``device.presence`` on the heartbeats and gateway streams, one batch handler for both."""
+    """Group ``device.presence`` on the heartbeats and gateway streams (one batch handler for both), and
+    group ``device.history`` on the service's own stream (the status timeline)."""
     service = presence_service(host)
+    timeline = history.projection(host.stream(STREAM))
+
+    async def apply_timeline(batch: list[Any]) -> None:
+        assert host.pool is not None  # bound at start
+        await projection_handler(host.pool, timeline)(batch)
+
     return [
-        Subscription(host.stream(stream), CONSUMER, batch=service.handle, batch_types=TYPES, batch_size=500)
-        for stream in (HEARTBEATS, GATEWAY)
+        *(
+            Subscription(host.stream(st), CONSUMER, batch=service.handle, batch_types=TYPES, batch_size=500)
+            for st in (HEARTBEATS, GATEWAY)
+        ),
+        Subscription(timeline.streams[0], history.CONSUMER, batch=apply_timeline, batch_types=history.TYPES),
     ]
 
 
@@ -61,4 +73,7 @@ def projections(host: ServiceHost) -> dict[str, Projection]:
     assert isinstance(s, Settings)
     streams = (host.stream(HEARTBEATS), host.stream(GATEWAY))
     defaults = Timing(s.presence_interval_s, s.presence_timeout_s)
-    return {"presence": projection(streams, defaults, quiet_before=datetime.now(UTC))}
+    return {
+        "presence": projection(streams, defaults, quiet_before=datetime.now(UTC)),
+        "history": history.projection(host.stream(STREAM)),
+    }

@@ -16,7 +16,7 @@ from libs.events.outbox import Outbox
 from libs.events.schemas.device import InitialCredential, PresenceTimingSet
 from libs.events.service import ServiceHost
 
-from . import presence_store, store
+from . import history, presence_store, store
 from .domain import (
     Device,
     DomainError,
@@ -211,3 +211,12 @@ class Registry:
                 ]
             )
         log.info("presence timing of workspace %s set by %s", workspace_id, by)
+
+    async def history(
+        self, workspace_id: str, device_id: str, *, limit: int, before: datetime | None
+    ) -> list[dict[str, Any]]:
+        """A device's presence transitions, newest first; not_found for another workspace's device."""
+        async with self.pool.acquire() as conn:
+            if await store.get_device(conn, workspace_id, device_id) is None:
+                raise not_found(device_id)
+            return await history.timeline(conn, workspace_id, device_id, limit=limit, before=before)

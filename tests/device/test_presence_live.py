@@ -43,7 +43,7 @@ async def worker(world: World) -> AsyncIterator[World]:
 
 
 async def _ready(world: World) -> bool:
-    return len(world.host.runners) == 2 and all(r.ready.is_set() for r in world.host.runners)
+    return len(world.host.runners) == 3 and all(r.ready.is_set() for r in world.host.runners)
 
 
 async def device(world: World, ws: str, metadata: dict | None = None) -> str:
@@ -196,3 +196,30 @@ async def test_workspace_timing_route_sets_what_the_next_heartbeat_uses(worker: 
     assert [(e.workspace_id, e.heartbeat_timeout_s) for e in set_events] == [(ws, 3.0)]
     await world.client.put(url, json=fast, headers=world.auth(ws))  # the same again: no new event
     assert len([e for _env, e in await world.events() if type(e).__name__ == "PresenceTimingSet"]) == 1
+
+
+async def test_status_history_route_shows_the_timeline(worker: World):
+    world = worker
+    ws = await world.workspace()
+    dev = await device(world, ws)
+    t0 = await beat(world, ws, dev, seq=1)
+    url = f"/api/v1/devices/{dev}/history"
+
+    async def three() -> list[dict]:
+        resp = await world.client.get(url, headers=world.auth(ws, role="viewer"))
+        assert resp.status_code == 200, resp.text
+        return resp.json() if len(resp.json()) == 3 else []
+
+    rows = await until(three)
+    assert [(r["previous"], r["status"], r["reason"]) for r in rows] == [
+        ("late", "offline", "heartbeat_timeout"),
+        ("online", "late", "heartbeat_missed"),
+        ("offline", "online", "first_heartbeat"),
+    ]
+    assert datetime.fromisoformat(rows[0]["at"]) == t0 + timedelta(seconds=3)
+    older = await world.client.get(url, params={"before": rows[1]["at"], "limit": 5}, headers=world.auth(ws))
+    assert [r["status"] for r in older.json()] == ["online"]
+    other = await world.workspace()
+    assert (await world.client.get(url, headers=world.auth(other))).status_code == 404
+    for bad in ({"before": "yesterday"}, {"limit": 0}, {"limit": 5000}):
+        assert (await world.client.get(url, params=bad, headers=world.auth(ws))).status_code in (400, 422)

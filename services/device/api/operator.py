@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from libs.events.http import ApiError
@@ -91,6 +91,22 @@ def router(api: Api) -> APIRouter:
         op = api.identity.operator(request)
         with domain_errors():
             return device_json(await reg.device(op.workspace_id, device_path(device_id)))
+
+    @r.get("/api/v1/devices/{device_id}/history")
+    async def device_history(
+        device_id: str, request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        op = api.identity.operator(request)
+        raw = clean_query(request.query_params.get("before"), "before")
+        try:
+            before = datetime.fromisoformat(raw) if raw else None
+        except ValueError:
+            raise ApiError(400, "VALIDATION_ERROR", "before: expected an ISO 8601 time") from None
+        if before is not None and before.tzinfo is None:
+            before = before.replace(tzinfo=UTC)
+        with domain_errors():
+            rows = await reg.history(op.workspace_id, device_path(device_id), limit=limit, before=before)
+        return [{**row, "at": row["at"].astimezone(UTC).isoformat()} for row in rows]
 
     @r.patch("/api/v1/devices/{device_id}")
     async def patch_device(device_id: str, request: Request) -> dict[str, Any]:
