@@ -99,7 +99,10 @@ async def s_heartbeat(api: Api, request: Request) -> Reply:
     beat = parse_s(await api.body(request))
     at = await api.ingest.accept(caller, beat)
     stamp = at.isoformat().replace("+00:00", "Z")
-    return 200, {"success": True, "acknowledged": True, "timestamp": stamp, "nextHeartbeat": api.interval_ms}
+    reply = {"success": True, "acknowledged": True, "timestamp": stamp, "nextHeartbeat": api.interval_ms}
+    if beat.status != "offline" and (commands := await api.ingest.piggyback(caller, at)):
+        reply["commands"] = commands
+    return 200, reply
 
 
 async def k_device(api: Api, request: Request) -> DeviceCaller:

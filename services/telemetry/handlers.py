@@ -11,7 +11,9 @@ from typing import Any
 
 from libs.events.batching import BatchingPublisher
 from libs.events.http import DeviceCaller
+from libs.events.open_commands import OpenCommand, OpenCommandsFeed
 from libs.events.publisher import Publisher
+from libs.events.schemas.telemetry import CommandsPiggybacked
 from libs.events.service import ServiceHost
 from libs.events.tracing import inject_headers
 
@@ -22,6 +24,7 @@ from .store import LatestCache
 log = logging.getLogger(__name__)
 
 HEARTBEATS = "telemetry:heartbeats"
+PIGGYBACKED = "events:telemetry"  # telemetry.commands_piggybacked: commands handed out in S answers
 
 
 class Ingest:
@@ -44,6 +47,10 @@ class Ingest:
             timeout_s=float(getattr(s, "batch_send_timeout_s", 5.0)),
             hard_timeout_s=float(getattr(s, "batch_hard_timeout_s", 30.0)),
         )
+        self.redis = host.redis
+        self.open_commands = OpenCommandsFeed(host.redis, host.stream("events:commands"))
+        self.piggyback_stream = host.stream(PIGGYBACKED)
+        self.claim_prefix = host.stream("telemetry:piggybacked:")
 
     def allow(self, caller: DeviceCaller) -> bool:
         """Whether the device is within its heartbeat rate."""
@@ -79,11 +86,55 @@ class Ingest:
         """The cached latest heartbeat of a device."""
         return await self.cache.get(device_id)
 
+    async def piggyback(self, caller: DeviceCaller, now: datetime) -> list[dict[str, Any]]:
+        """The device's queued commands to hand out in its dialect S heartbeat answer, oldest first.
+
+        Each command goes out in one answer only: a Redis ``SET NX`` claims it (API replicas and
+        concurrent heartbeats race for it), then ``telemetry.commands_piggybacked`` tells the
+        commands service it was sent. Costs nothing for a device without open commands.
+        """
+        queued = self.open_commands.commands.for_device(caller.device_id, now, states=("queued",))
+        if not queued:
+            return []
+        claimed = []
+        for c in queued:
+            ttl = max(1, int((c.expires_at - now).total_seconds()) + 1)
+            if await self.redis.set(self.claim_prefix + c.command_id, b"1", nx=True, ex=ttl):
+                claimed.append(c)
+        if not claimed:
+            return []
+        event = CommandsPiggybacked(
+            device_id=caller.device_id,
+            workspace_id=caller.workspace_id,
+            command_ids=[c.command_id for c in claimed],
+            at=now,
+        )
+        try:
+            await self.publisher.publish(self.piggyback_stream, event)
+        except Exception as exc:  # the device still gets them; the commands service marks them on result
+            log.warning("commands handed to %s but not announced: %s", caller.device_id, exc)
+        return [s_command(c) for c in claimed]
+
     async def run(self, stop: asyncio.Event) -> None:
         """Background task of the host: flush until stop, then flush what is queued."""
         self.batcher.start()
+        feed = asyncio.create_task(self.open_commands.run(stop), name="open-commands")
         await stop.wait()
         await self.batcher.aclose()
+        await feed
+
+
+def s_command(c: OpenCommand) -> dict[str, Any]:
+    """A command in dialect S's shape (the WebSocket ``command`` frame, also used in heartbeat answers)."""
+    stamp = c.created_at.isoformat().replace("+00:00", "Z")
+    payload = {"id": c.command_id, "type": c.command_type, "parameters": c.parameters, "timestamp": stamp}
+    return {
+        "type": "command",
+        "id": c.command_id,
+        "command": c.command_type,
+        "parameters": c.parameters,
+        "payload": payload,
+    }
 
 
 # One Ingest per running host, shared by its routes and its background task (made on first use,
