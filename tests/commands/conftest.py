@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -150,19 +151,20 @@ class World:
         return int(await self.host.pool.fetchval(sql, *args))
 
 
-@pytest.fixture
-async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
-    """A started commands host on this run's database and this test's stream prefix."""
-    settings = Settings(
+@contextlib.asynccontextmanager
+async def started(database_url: str, prefix: str, **settings: Any) -> AsyncIterator[World]:
+    """A started commands host on this database and prefix, and a client of its app."""
+    config = Settings(
         redis_url=REDIS_URL,
         database_url=database_url,
         stream_prefix=prefix,
         signing_key="x" * 40,
-        device_rate_per_s=0,
+        **{"device_rate_per_s": 0, **settings},  # the rate test sets its own limit
     )
-    host = ServiceHost(SPEC, settings)
+    host = ServiceHost(SPEC, config)
     await host.start()
     assert host.identity is not None and host.redis is not None
+    # host.stop() waits out the feed's blocking XREAD; keep teardown short.
     host.identity.feed.block_ms = 20
     app = host.build_app(manage_lifespan=False)
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1234))
@@ -172,6 +174,13 @@ async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
     finally:
         await host.redis.xadd(prefix + "events:auth", {"type": "test.wake", "envelope": "{}"})
         await host.stop()
+
+
+@pytest.fixture
+async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
+    """A started commands host on this run's database and this test's stream prefix."""
+    async with started(database_url, prefix) as w:
+        yield w
 
 
 @pytest.fixture
