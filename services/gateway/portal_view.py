@@ -113,7 +113,7 @@ class FleetView:
 
 
 _STATES: dict[type[Event], str] = {
-    CommandQueued: "pending",
+    CommandQueued: "queued",
     CommandSent: "sent",
     CommandDelivered: "delivered",
     CommandExpired: "expired",

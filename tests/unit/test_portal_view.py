@@ -56,12 +56,12 @@ def test_command_frames_carry_the_portal_vocabulary() -> None:
     common = {"command_id": "c1", "device_id": "d1", "workspace_id": "w1"}
     queued = CommandQueued(**common, command_type="ping", created_at=T0, expires_at=T0 + timedelta(hours=1))
     [frame] = view.apply(queued)
-    assert frame["command"]["state"] == "pending" and frame["command"]["command_type"] == "ping"
+    assert frame["command"]["state"] == "queued" and frame["command"]["command_type"] == "ping"
     assert view.apply(CommandSent(**common, at=T0, via="agent"))[0]["command"]["state"] == "sent"
     done = CommandFinished(**common, status="succeeded", at=T0, result={"pong": 1})
     assert view.apply(done)[0]["command"] == {
-        "command_id": "c1", "device_id": "d1", "state": "completed", "result": {"pong": 1}, "error": None,
-        "completed_at": T0.isoformat(),
+        "command_id": "c1", "device_id": "d1", "state": "succeeded", "result": {"pong": 1}, "error": None,
+        "finished_at": T0.isoformat(),
     }  # fmt: skip
     assert workspace_of(done) == "w1"
 
