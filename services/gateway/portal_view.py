@@ -131,12 +131,11 @@ def command_frame(event: Event) -> Frame | None:
             "expires_at": _iso(event.expires_at),
         }
     elif isinstance(event, CommandFinished):
-        state = "completed" if event.status == "succeeded" else "failed"
         command = {
             "result": event.result,
             "error": event.error,
-            "completed_at": _iso(event.at),
-            "state": state,
+            "finished_at": _iso(event.at),
+            "state": event.status,
         }
     elif type(event) in _STATES:
         command = {}
