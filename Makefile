@@ -23,6 +23,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: lint
+	./scripts/ensure-browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
