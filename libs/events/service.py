@@ -65,6 +65,8 @@ class ServiceSpec:
     workers: Callable[[ServiceHost], Sequence[Task]] = lambda host: ()
     # Wraps the FastAPI app, e.g. with a plain-ASGI fast path for a hot route.
     asgi: Callable[[ServiceHost, ASGIApp], ASGIApp] = lambda host, app: app
+    # Extra ``uvicorn.Config`` options from the settings (e.g. WebSocket frame size and keepalive).
+    server: Callable[[ServiceSettings], dict[str, Any]] = lambda settings: {}
 
     @property
     def schema(self) -> str:
@@ -400,6 +402,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
             access_log=settings.access_log,
             loop="uvloop",
             log_level="info",
+            **spec.server(settings),
         )
         return 0
     if args.command == "api":
@@ -409,6 +412,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
             port=settings.port,
             log_level="info",
             access_log=settings.access_log,
+            **spec.server(settings),
         )
         run_loop(GracefulServer(config).serve())
         return 0

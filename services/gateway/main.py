@@ -1,16 +1,45 @@
-"""Composition root of the gateway service."""
+"""Composition root of the gateway service: the device sockets and the command feed behind them."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
-from libs.events.service import ServiceSpec
+from libs.events.service import ServiceHost, ServiceSpec, Task
+from libs.events.settings import ServiceSettings
 
 from .config import Settings
+from .handlers import run_gateway
+from .ws import routers
+
+
+def background(host: ServiceHost) -> list[Task]:
+    """The command feed and the batching publisher run beside the sockets in every serving process."""
+
+    async def run(stop: asyncio.Event) -> None:
+        await run_gateway(host, stop)
+
+    return [run]
+
+
+def server(settings: ServiceSettings) -> dict[str, Any]:
+    """uvicorn's WebSocket limits: frame size (the protocol layer refuses bigger ones) and keepalive."""
+    assert isinstance(settings, Settings)
+    return {
+        "ws_max_size": settings.max_frame_bytes,
+        "ws_ping_interval": settings.ws_ping_interval_s or None,
+        "ws_ping_timeout": settings.ws_ping_timeout_s or None,
+    }
+
 
 SPEC = ServiceSpec(
     name="gateway",
     settings_cls=Settings,
     migrations_dir=Path(__file__).with_name("migrations"),
+    routers=routers,
+    background=background,
+    server=server,
     relay=False,
+    identity=True,
 )

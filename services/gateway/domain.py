@@ -1,0 +1,485 @@
+"""The gateway's pure core: open commands per device, frames of each dialect, inbound frame rules.
+
+No I/O and no clock: callers pass ``now``. Heartbeat checks duplicate the few rules of the agent
+protocol that ``services/telemetry/domain.py`` applies to ``POST /api/v1/agent/heartbeat`` (services
+share no code; the frame types themselves come from ``libs.events.schemas.agent``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from libs.events.schemas import Event
+from libs.events.schemas import agent as A
+from libs.events.schemas.commands import (
+    CommandCancelled,
+    CommandDelivered,
+    CommandExpired,
+    CommandFinished,
+    CommandQueued,
+    CommandSent,
+)
+
+STATUSES = frozenset({"healthy", "degraded", "online", "offline"})
+MAX_METRICS = 64
+MAX_SEQ = 2**63 - 1
+ABSURD = 1e15
+MAX_CLOCK_AHEAD = timedelta(days=1)
+MAX_OUTPUT, MAX_ERROR = 10_000, 5_000
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
+_BOOT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
+PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
+
+
+# ---------------------------------------------------------------- open commands (the projection)
+
+
+@dataclass
+class OpenCommand:
+    """A command not finished, expired or cancelled yet, as the gateway pushes it."""
+
+    command_id: str
+    device_id: str
+    workspace_id: str
+    command_type: str
+    parameters: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+    order: int
+    state: str = "queued"
+    attempts: int = 0  # the highest attempt sent so far (CommandSent events and this gateway's pushes)
+    answered: bool = False  # a result came through this gateway (not pushed again)
+
+
+@dataclass
+class CommandBook:
+    """Open commands per device, folded from ``events:commands``; remembers recently closed ones."""
+
+    remember: int = 100_000
+    open: dict[str, OpenCommand] = field(default_factory=dict)
+    by_device: dict[str, dict[str, OpenCommand]] = field(default_factory=dict)
+    closed: dict[str, str] = field(default_factory=dict)  # command id -> finished|expired|cancelled
+    _order: int = 0
+
+    def apply(self, event: Event) -> OpenCommand | None:
+        """Fold one event in; returns the command if it is newly queued (to push it)."""
+        if isinstance(event, CommandQueued):
+            return self._queued(event)
+        cmd = self.open.get(getattr(event, "command_id", ""))
+        if isinstance(event, CommandSent) and cmd is not None:
+            cmd.state = "sent" if cmd.state == "queued" else cmd.state
+            cmd.attempts = max(cmd.attempts, event.attempt)
+        elif isinstance(event, CommandDelivered) and cmd is not None:
+            cmd.state = "delivered"
+        elif isinstance(event, CommandFinished):
+            self._close(event.command_id, "finished")
+        elif isinstance(event, CommandExpired):
+            self._close(event.command_id, "expired")
+        elif isinstance(event, CommandCancelled):
+            self._close(event.command_id, "cancelled")
+        return None
+
+    def _queued(self, e: CommandQueued) -> OpenCommand | None:
+        if e.command_id in self.open or e.command_id in self.closed:
+            return None  # a redelivery, or a command closed before its queued event was read
+        self._order += 1
+        cmd = OpenCommand(
+            e.command_id,
+            e.device_id,
+            e.workspace_id,
+            e.command_type,
+            dict(e.parameters),
+            _aware(e.created_at),
+            _aware(e.expires_at),
+            self._order,
+        )
+        self.open[cmd.command_id] = cmd
+        self.by_device.setdefault(cmd.device_id, {})[cmd.command_id] = cmd
+        return cmd
+
+    def _close(self, command_id: str, how: str) -> None:
+        cmd = self.open.pop(command_id, None)
+        if cmd is not None:
+            mine = self.by_device.get(cmd.device_id, {})
+            mine.pop(command_id, None)
+            if not mine:
+                self.by_device.pop(cmd.device_id, None)
+        self.closed[command_id] = how
+        while len(self.closed) > self.remember:
+            del self.closed[next(iter(self.closed))]
+
+    def pending(self, device_id: str, now: datetime) -> list[OpenCommand]:
+        """The device's commands to push on connect, oldest first (no answered or expired ones)."""
+        mine = self.by_device.get(device_id, {}).values()
+        live = [c for c in mine if pushable(c, now)]
+        return sorted(live, key=lambda c: (c.created_at, c.order))
+
+    def finished(self, command_id: str) -> bool:
+        """Whether a result for this command was already recorded (by any transport)."""
+        return self.closed.get(command_id) == "finished"
+
+    def answer(self, command_id: str) -> bool:
+        """Note a result seen on a socket; False if one was seen or recorded before (a duplicate)."""
+        cmd = self.open.get(command_id)
+        if self.finished(command_id) or (cmd is not None and cmd.answered):
+            return False
+        if cmd is not None:
+            cmd.answered = True
+        return True
+
+
+def pushable(cmd: OpenCommand, now: datetime) -> bool:
+    """Whether a command may go to the device now: open, unanswered and not past its expiry."""
+    return not cmd.answered and cmd.expires_at > now
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def stamp(at: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``."""
+    return _aware(at).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------- outbound frames
+
+_encode = msgspec.json.Encoder().encode
+
+
+def agent_command(cmd: OpenCommand, attempt: int) -> str:
+    """The agent protocol's ``command`` frame."""
+    frame = A.Command(
+        command_id=cmd.command_id,
+        command_type=cmd.command_type,
+        created_at=cmd.created_at,
+        expires_at=cmd.expires_at,
+        parameters=cmd.parameters,
+        attempt=attempt,
+    )
+    return _encode(frame).decode()
+
+
+def s_command(cmd: OpenCommand, attempt: int) -> str:
+    """Dialect S: ``{type:"command", id, command, parameters, payload:{id, type, parameters, timestamp}}``."""
+    payload = {
+        "id": cmd.command_id,
+        "type": cmd.command_type,
+        "parameters": cmd.parameters,
+        "timestamp": stamp(cmd.created_at),
+    }
+    frame = {
+        "type": "command",
+        "id": cmd.command_id,
+        "command": cmd.command_type,
+        "parameters": cmd.parameters,
+        "payload": payload,
+    }
+    return _encode(frame).decode()
+
+
+def w_command(cmd: OpenCommand, attempt: int) -> str:
+    """Dialect W: ``{command_id, command_type, parameters}`` (no ``type`` field)."""
+    frame = {"command_id": cmd.command_id, "command_type": cmd.command_type, "parameters": cmd.parameters}
+    return _encode(frame).decode()
+
+
+def frame(obj: Any) -> str:
+    """Any frame (a struct or a dict) as JSON text."""
+    return _encode(obj).decode()
+
+
+# ---------------------------------------------------------------- inbound frames
+
+
+@dataclass(frozen=True)
+class Beat:
+    """A heartbeat received on a socket."""
+
+    status: str = "online"
+    metrics: dict[str, float | int] = field(default_factory=dict)
+    seq: int | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A command's result as the device reported it (``status`` in the device's words)."""
+
+    command_id: str
+    status: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    output: str | None = None
+    executed_at: datetime | None = None
+    duration_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Received:
+    """The agent confirmed receipt of a command."""
+
+    command_id: str
+
+
+@dataclass(frozen=True)
+class Goodbye:
+    """The agent is shutting down cleanly."""
+
+
+@dataclass(frozen=True)
+class Greeting:
+    """The agent's ``hello``."""
+
+    boot: str
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A frame that needs no action (unknown type, the S client's own ``connected``)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A frame the server refuses; the agent gets an ``error`` frame with this code."""
+
+    code: str
+    message: str
+
+
+Inbound = Beat | Outcome | Received | Goodbye | Greeting | Ignored | Refused
+
+_agent_frames = msgspec.json.Decoder(A.AgentFrame)
+
+
+def parse_agent(raw: str | bytes, *, now: datetime) -> Inbound:
+    """One agent-protocol frame."""
+    try:
+        f = _agent_frames.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return Refused("bad_frame", str(exc)[:200])
+    except (UnicodeDecodeError, RecursionError):
+        return Refused("bad_frame", "not valid JSON")
+    if isinstance(f, A.Heartbeat):
+        return agent_beat(f, now=now)
+    if isinstance(f, A.Hello):
+        if not _BOOT_RE.match(f.boot):
+            return Refused("bad_frame", f"boot must match {_BOOT_RE.pattern}")
+        return Greeting(f.boot)
+    if isinstance(f, A.Ack):
+        return Received(f.command_id) if _ID_RE.match(f.command_id) else Refused("bad_frame", "command_id")
+    if isinstance(f, A.Result):
+        return _outcome(
+            f.command_id, f.status, f.result, f.error, f.output, f.executed_at, f.duration_ms
+        ) or Refused("bad_frame", "a result needs a command_id and a status")
+    return Goodbye()
+
+
+def agent_beat(f: A.Heartbeat, *, now: datetime) -> Beat | Refused:
+    """The agent heartbeat rules of telemetry's ``parse_agent``: seq, sent_at, status and metrics."""
+    if not 0 <= f.seq <= MAX_SEQ:
+        return Refused("invalid_heartbeat", "seq must be a non-negative integer")
+    sent_at = _aware(f.sent_at)
+    if sent_at.year < 2000 or sent_at > now + MAX_CLOCK_AHEAD:
+        return Refused("invalid_heartbeat", "sent_at is before 2000 or more than a day ahead")
+    if f.status not in STATUSES:
+        return Refused("invalid_heartbeat", f"status must be one of {', '.join(sorted(STATUSES))}")
+    if len(f.metrics) > MAX_METRICS:
+        return Refused("invalid_heartbeat", f"metrics: at most {MAX_METRICS} entries")
+    for name, value in f.metrics.items():
+        if not _NAME_RE.match(name):
+            return Refused("invalid_heartbeat", f"metric name {name[:40]!r} must match {_NAME_RE.pattern}")
+        if isinstance(value, bool) or out_of_range(name, float(value)):
+            return Refused("invalid_heartbeat", f"metrics.{name} must be a finite number in range")
+    return Beat(f.status, dict(f.metrics), f.seq, sent_at)
+
+
+def out_of_range(name: str, value: float) -> bool:
+    """Whether a numeric value cannot be a real reading of metric ``name``."""
+    if not math.isfinite(value) or abs(value) >= ABSURD:
+        return True
+    if name in PERCENT or name.endswith("_percent"):
+        return not 0 <= value <= 100
+    return value < 0 and name in {"uptime", "network_latency_ms"}
+
+
+def _json(raw: str | bytes) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def parse_s(raw: str | bytes) -> Inbound:
+    """One dialect S frame: ``heartbeat``, a result (``result``/``command_result``), or ignored."""
+    body = _json(raw)
+    if not isinstance(body, dict):
+        return Ignored("not a JSON object")
+    kind = body.get("type")
+    inner = body.get("payload")
+    payload: dict[str, Any] = inner if isinstance(inner, dict) else {}
+    if kind == "heartbeat":
+        return _s_beat({**payload, **body})
+    if kind in ("result", "command_result", "commandResult"):
+        merged = {**payload, **{k: v for k, v in body.items() if k not in ("type", "payload")}}
+        return _liberal_outcome(merged) or Ignored("a result without a command id or status")
+    return Ignored(f"type {str(kind)[:40]!r}")
+
+
+def _s_beat(body: dict[str, Any]) -> Beat:
+    status = body.get("status")
+    given = body.get("metrics")
+    metrics: dict[Any, Any] = given if isinstance(given, dict) else {}
+    kept: dict[str, float | int] = {}
+    for name, value in list(metrics.items())[:MAX_METRICS]:
+        if isinstance(name, str) and _NAME_RE.match(name) and _number(value):
+            kept[name] = value
+    return Beat(status if status in STATUSES else "online", kept)
+
+
+def parse_w(raw: str | bytes) -> Inbound:
+    """One dialect W frame: ``{type:"ping"}`` or ``{command_id, status, result, error}``."""
+    body = _json(raw)
+    if not isinstance(body, dict):
+        return Ignored("not a JSON object")
+    if body.get("type") == "ping":
+        return Beat()
+    if "command_id" in body:
+        return _liberal_outcome(body) or Ignored("a result without a command id or status")
+    return Ignored(f"type {str(body.get('type'))[:40]!r}")
+
+
+def _liberal_outcome(b: dict[str, Any]) -> Outcome | None:
+    """A result in whichever spelling the client used (``commandId``/``command_id``/``id``...)."""
+    cid = b.get("command_id") or b.get("commandId") or b.get("id")
+    status = b.get("status")
+    if status is None and isinstance(b.get("success"), bool):
+        status = "success" if b["success"] else "failure"
+    result = b.get("result")
+    if result is not None and not isinstance(result, dict):
+        result = {"value": result}
+    error, output = b.get("error") or b.get("error_message"), b.get("output")
+    duration: Any = b.get("duration_ms", b.get("duration"))
+    executed = _when(b.get("executed_at") or b.get("executedAt"))
+    return _outcome(
+        cid,
+        status,
+        result,
+        error if isinstance(error, str) else None if error is None else frame(error),
+        output if isinstance(output, str) else None,
+        executed,
+        float(duration) if _number(duration) and math.isfinite(float(duration)) else None,
+    )
+
+
+def _outcome(
+    cid: Any,
+    status: Any,
+    result: dict[str, Any] | None,
+    error: str | None,
+    output: str | None,
+    executed_at: datetime | None,
+    duration_ms: float | None,
+) -> Outcome | None:
+    if not isinstance(cid, str) or not _ID_RE.match(cid):
+        return None
+    if not isinstance(status, str) or not 0 < len(status) <= 32:
+        return None
+    return Outcome(
+        cid,
+        status,
+        result,
+        error[:MAX_ERROR] if error is not None else None,
+        output[:MAX_OUTPUT] if output is not None else None,
+        _aware(executed_at) if executed_at is not None else None,
+        duration_ms,
+    )
+
+
+def _number(v: Any) -> bool:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return -(2**63) <= v < 2**63
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------- handshake and limits
+
+
+@dataclass(frozen=True)
+class Offered:
+    """What a client offered in ``Sec-WebSocket-Protocol``: a token (if any) and the value to echo."""
+
+    token: str | None
+    echo: str | None
+
+
+def offered(header: str) -> list[str]:
+    """The comma-separated subprotocol values of a ``Sec-WebSocket-Protocol`` header."""
+    return [v.strip() for v in header.split(",") if v.strip()]
+
+
+def s_subprotocol(values: list[str]) -> Offered:
+    """Dialect S: ``auth.<token>`` (echoed as is), ``auth, <token>`` (``auth`` echoed), or ``<token>``."""
+    for i, v in enumerate(values):
+        if v.startswith("auth.") and len(v) > 5:
+            return Offered(v[5:], v)
+        if v == "auth" and i + 1 < len(values):
+            return Offered(values[i + 1], "auth")
+    rest = [v for v in values if v not in ("auth", A.PROTOCOL)]
+    return Offered(rest[0], rest[0]) if rest else Offered(None, None)
+
+
+def agent_subprotocol(values: list[str]) -> Offered | None:
+    """The agent protocol: ``fleet.agent.v1`` (echoed) with an optional ``auth.<token>``.
+
+    None when the client offers protocols but not this version (it speaks something else).
+    """
+    token = next((v[5:] for v in values if v.startswith("auth.") and len(v) > 5), None)
+    others = [v for v in values if not v.startswith("auth.")]
+    if A.PROTOCOL in others:
+        return Offered(token, A.PROTOCOL)
+    return None if others else Offered(token, None)
+
+
+@dataclass
+class FrameRate:
+    """Inbound frames per device per fixed one-second window (0: no limit).
+
+    ``check`` says ``ok``, ``drop`` (over the limit) or ``flood`` (over ``flood`` times the limit).
+    """
+
+    limit: int
+    flood: int = 5
+    _window: int = -1
+    _counts: dict[str, int] = field(default_factory=dict)
+
+    def check(self, key: str, now: float) -> str:
+        """Count one frame of ``key``."""
+        if self.limit <= 0:
+            return "ok"
+        window = int(now)
+        if window != self._window:
+            self._window, self._counts = window, {}
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        if n <= self.limit:
+            return "ok"
+        return "flood" if n > self.limit * self.flood else "drop"
