@@ -197,3 +197,23 @@ async def _is(world: World, cid: str, expected: str) -> bool:
 
 async def _attempts(world: World, cid: str, n: int) -> bool:
     return int((await world.row(cid))["attempts"]) == n
+
+
+async def test_concurrent_k_polls_mark_each_command_sent_once(world: World) -> None:
+    dev = await world.device()
+    ids = [(await world.queue(dev))["command_id"] for _ in range(3)]
+    polls = await asyncio.gather(
+        *(world.client.get("/api/v1/devices/pending", headers=dev.k) for _ in range(6))
+    )
+    assert all([c["command_id"] for c in p.json()] == ids for p in polls)
+    sent = await world.events((CommandSent,))
+    assert sorted(e.command_id for e in sent) == sorted(ids)
+    assert {(await world.row(i))["attempts"] for i in ids} == {1}
+
+
+async def test_cancelled_command_leaves_the_k_list(world: World) -> None:
+    dev = await world.device()
+    a, b = (await world.queue(dev))["command_id"], (await world.queue(dev))["command_id"]
+    await world.client.post(f"/api/v1/commands/{a}/cancel", headers=world.auth(dev.workspace_id))
+    listed = (await world.client.get("/api/v1/devices/pending", headers=dev.k)).json()
+    assert [c["command_id"] for c in listed] == [b]
