@@ -23,6 +23,7 @@ from libs.events.publisher import Publisher
 from libs.events.schemas import REGISTRY, Event
 from libs.events.schemas.commands import CommandQueued
 from libs.events.schemas.device import DeviceRegistered, InitialCredential
+from libs.events.schemas.gateway import CommandPushed
 from libs.events.service import ServiceHost
 from services.gateway.config import Settings
 from services.gateway.main import SPEC
@@ -127,6 +128,11 @@ class World:
             await asyncio.sleep(0.01)
 
 
+def pushes(events: list[Event]) -> list[str]:
+    """The command ids of the CommandPushed events, in stream order."""
+    return [e.command_id for e in events if isinstance(e, CommandPushed)]
+
+
 async def send(ws: ClientConnection, **frame: Any) -> None:
     """Send one JSON frame."""
     await ws.send(json.dumps(frame))
@@ -190,4 +196,4 @@ async def world(database_url: str, prefix: str) -> AsyncIterator[World]:
         yield w
 
 
-__all__ = ["World", "connect", "recv", "recv_until", "send", "served", "uid"]
+__all__ = ["World", "connect", "pushes", "recv", "recv_until", "send", "served", "uid"]

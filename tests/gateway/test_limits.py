@@ -1,0 +1,107 @@
+"""Socket limits: an oversize frame or a device that does not read closes that socket and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from libs.events.schemas.gateway import AgentDisconnected
+from services.gateway.domain import OpenCommand
+from services.gateway.handlers import Connection
+
+from .conftest import World, connect, recv, recv_until, send, served
+
+PROTO = "fleet.agent.v1"
+
+
+async def _oversize_closes_only_that_socket(world: World) -> None:
+    a, wsid, token_a = world.session()
+    _b, _w, token_b = world.session(ws=wsid)
+    w_device, _wsid, w_token = await world.w_device()
+    async with (
+        connect(world.url("/api/v1/device/ws"), additional_headers={"X-Device-Session": token_a}) as big,
+        connect(world.url("/api/v1/agent/ws"), subprotocols=[PROTO, f"auth.{token_b}"]) as other,
+        connect(world.url(f"/ws/device/{w_token}"), max_size=None) as third,
+    ):
+        await recv(big)
+        await send(other, type="hello", boot="b1")
+        await recv_until(other, "welcome")
+        await big.send(json.dumps({"type": "heartbeat", "pad": "x" * 70_000}))
+        with pytest.raises(ConnectionClosed):
+            await recv(big)
+        assert big.close_code == 1009
+        await send(other, type="heartbeat", seq=1, sent_at=datetime.now(UTC).isoformat())
+        assert (await recv_until(other, "heartbeat_ack"))["seq"] == 1
+        await send(third, type="ping")
+        assert await recv(third) == {"type": "pong"}
+    gone = await world.until(lambda ev: [e for e in ev if isinstance(e, AgentDisconnected)][2:] and ev)
+    reasons = {e.device_id: e.reason for e in gone if isinstance(e, AgentDisconnected)}
+    assert reasons[a] == "socket_closed" and w_device in reasons
+
+
+async def test_oversize_frame_refused_by_the_protocol_layer(world: World):
+    """uvicorn's ``ws_max_size`` (from GATEWAY_MAX_FRAME_BYTES) refuses the frame while it is read."""
+    await _oversize_closes_only_that_socket(world)
+
+
+async def test_oversize_frame_refused_by_the_app(database_url, prefix):
+    """Under a server with a larger protocol limit (``fleet up``), the app's own check closes it."""
+    async with served(database_url, prefix, server={"ws_max_size": 16 * 1024 * 1024}) as world:
+        await _oversize_closes_only_that_socket(world)
+
+
+def _command(n: int) -> OpenCommand:
+    now = datetime.now(UTC)
+    return OpenCommand(f"c{n}", "d", "w", "t", {}, now, now + timedelta(minutes=5), n)
+
+
+async def test_a_device_that_does_not_read_is_closed_1013_and_nothing_waits():
+    stuck = asyncio.Event()
+    sent: list[str] = []
+    closed: list[int] = []
+
+    async def send_(text: str) -> None:
+        sent.append(text)
+        await stuck.wait()  # the device's TCP window is full: a write never completes
+
+    async def close(code: int, _reason: str) -> None:
+        closed.append(code)
+
+    gateway = SimpleNamespace(settings=SimpleNamespace(send_queue=3))
+    conn = Connection(
+        gateway,  # type: ignore[arg-type]
+        device_id="d",
+        workspace_id="w",
+        dialect="w",
+        render=lambda cmd, attempt: cmd.command_id,
+        send=send_,
+        close=close,
+    )
+    conn.start()
+    now = datetime.now(UTC)
+    for n in range(10):
+        conn.push(_command(n), now)  # never blocks the caller (the command feed)
+    await asyncio.sleep(0.05)
+    assert closed == [1013] and conn.closing.is_set()
+    assert sent == ["c0"] and conn.offer("late") is False
+    await asyncio.wait_for(conn.finish(), 1)
+
+
+async def test_expired_commands_are_never_pushed():
+    conn = Connection(
+        SimpleNamespace(settings=SimpleNamespace(send_queue=3)),  # type: ignore[arg-type]
+        device_id="d",
+        workspace_id="w",
+        dialect="agent",
+        render=lambda cmd, attempt: cmd.command_id,
+        send=lambda text: asyncio.sleep(0),
+        close=lambda code, reason: asyncio.sleep(0),
+    )
+    cmd = _command(1)
+    conn.push(cmd, cmd.expires_at + timedelta(seconds=1))
+    assert conn.queue.empty() and cmd.attempts == 0
