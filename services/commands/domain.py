@@ -218,6 +218,16 @@ def too_large(what: str, limit: int) -> DomainError:
     return DomainError("too_large", "PAYLOAD_TOO_LARGE", f"{what} over {limit} bytes")
 
 
+def states_for(word: str) -> list[str]:
+    """The internal states a listing filter names: a state, or a vocabulary word (``pending``)."""
+    if word in STATES:
+        return [word]
+    found = sorted(state for state, shown in VOCABULARY.items() if shown == word)
+    if not found:
+        raise DomainError("invalid", "VALIDATION_ERROR", f"status: unknown {word[:32]!r}")
+    return found
+
+
 def is_command_id(value: str) -> bool:
     """Whether ``value`` can name a command (a lowercase UUID)."""
     return bool(_UUID_RE.match(value))

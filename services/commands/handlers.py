@@ -146,6 +146,13 @@ class Commands:
         async with self.pool.acquire() as conn:
             return await store.history(conn, workspace_id, device_id, limit=limit, offset=offset)
 
+    async def listing(
+        self, workspace_id: str, device_id: str | None, states: list[str] | None, *, limit: int, offset: int
+    ) -> list[Command]:
+        """The workspace's commands, newest first (optionally one device's, in some states)."""
+        async with self.pool.acquire() as conn:
+            return await store.listing(conn, workspace_id, device_id, states, limit=limit, offset=offset)
+
     async def cancel(self, workspace_id: str, command_id: str, by: str) -> Command:
         """Cancel a command that has no result yet (cancelling twice changes nothing)."""
         async with self.outbox.transaction() as tx:

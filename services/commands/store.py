@@ -100,6 +100,23 @@ async def history(conn: Conn, workspace_id: str, device_id: str, *, limit: int, 
     return [_command(r) for r in rows]
 
 
+async def listing(
+    conn: Conn, workspace_id: str, device_id: str | None, states: list[str] | None, *, limit: int, offset: int
+) -> list[Command]:
+    """A workspace's commands (of one device, in some states), newest first."""
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM commands WHERE workspace_id = $1 "
+        "AND ($2::text IS NULL OR device_id = $2) AND ($3::text[] IS NULL OR state = ANY($3)) "
+        "ORDER BY created_at DESC, command_id DESC LIMIT $4 OFFSET $5",
+        workspace_id,
+        device_id,
+        states,
+        limit,
+        offset,
+    )
+    return [_command(r) for r in rows]
+
+
 async def open_for(
     conn: Conn, workspace_id: str, device_id: str, now: datetime, *, limit: int, lock: bool = False
 ) -> list[Command]:

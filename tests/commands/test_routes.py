@@ -298,3 +298,28 @@ async def test_w_needs_workspace_header(world: World) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "WORKSPACE_REQUIRED"
     assert (await world.client.get(f"/api/devices/{dev.device_id}/commands", headers=h)).status_code == 400
     assert await world.events() == []
+
+
+async def test_workspace_listing_filters_by_device_and_status(world: World) -> None:
+    a = await world.device()
+    b = await world.device(a.workspace_id)
+    stranger = await world.device()
+    await world.queue(stranger)
+    a1, b1 = (await world.queue(a))["command_id"], (await world.queue(b))["command_id"]
+    a2 = (await world.queue(a))["command_id"]
+    await world.client.put(f"/api/v1/devices/{a2}/status", json={"status": "completed"}, headers=a.k)
+    h = world.auth(a.workspace_id, role="viewer")
+
+    async def ids(query: str) -> list[str]:
+        resp = await world.client.get(f"/api/v1/commands{query}", headers=h)
+        assert resp.status_code == 200, resp.text
+        return [c["command_id"] for c in resp.json()]
+
+    assert await ids("") == [a2, b1, a1]
+    assert await ids(f"?device_id={a.device_id}") == [a2, a1]
+    assert await ids("?status=pending") == [b1, a1]
+    assert await ids("?status=completed") == await ids("?status=succeeded") == [a2]
+    assert await ids("?limit=1&offset=1") == [b1]
+    assert (await world.client.get("/api/v1/commands?status=bogus", headers=h)).status_code == 400
+    resp = await world.client.get(f"/api/v1/commands?device_id={stranger.device_id}", headers=h)
+    assert resp.status_code == 404

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from libs.events.http import ApiError, Operator
 
-from ..domain import NewCommand, parse
+from ..domain import NewCommand, parse, states_for
 from .common import Api, Limit, Offset, command_path, domain_errors, operator_json, w_json, writer
 
 MAX_KEY = 128
@@ -57,6 +57,22 @@ def router(api: Api) -> APIRouter:
         op = api.identity.operator(request)
         await api.visible_device(op, device_id)
         items = await cmds.history(op.workspace_id, device_id, limit=limit, offset=offset)
+        return [operator_json(c) for c in items]
+
+    @r.get("/api/v1/commands")
+    async def listing(
+        request: Request,
+        device_id: str | None = None,
+        status: str | None = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> list[dict[str, Any]]:
+        op = api.identity.operator(request)
+        with domain_errors():
+            states = states_for(status) if status is not None else None
+        if device_id is not None:
+            await api.visible_device(op, device_id)
+        items = await cmds.listing(op.workspace_id, device_id, states, limit=limit, offset=offset)
         return [operator_json(c) for c in items]
 
     @r.get("/api/v1/commands/{command_id}")
