@@ -468,9 +468,23 @@ def k_report(body: KStatus) -> Report:
 
 
 def _clip(text: str | None, limit: int) -> str | None:
-    if text is None or size(text) <= limit:
+    if text is None:
+        return None
+    text = text.replace("\x00", "")  # Postgres text cannot hold NUL
+    if size(text) <= limit:
         return text
     return text.encode()[:limit].decode(errors="ignore")
+
+
+def _clean(value: Any) -> Any:
+    """``value`` without NUL characters in any string or key (Postgres jsonb cannot hold them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 def event_report(
@@ -483,13 +497,14 @@ def event_report(
     duration_ms: float | None,
 ) -> Report:
     """A result that came as an event: mapped like the HTTP dialects; oversized parts are clipped
-    (an event cannot be refused), and a result over its limit is replaced by a note of its size."""
+    and NUL characters dropped (an event cannot be refused), and a result over its limit is
+    replaced by a note of its size."""
     if result is not None and size(result) > MAX_RESULT:
         result = {"truncated": True, "bytes": size(result)}
     return Report(
         outcome=outcome_of(status),
-        reported_status=status[:64],
-        result=result,
+        reported_status=_clip(status, 64) or "",
+        result=_clean(result),
         error=_clip(error, MAX_ERROR),
         output=_clip(output, MAX_OUTPUT),
         executed_at=executed_at,

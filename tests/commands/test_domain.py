@@ -302,3 +302,15 @@ def test_rate_limit_per_device_and_window() -> None:
         True,
     ]
     assert lim.allow("a", 1.1)
+
+
+def test_event_results_lose_nul_characters() -> None:
+    r = event_report(
+        "fail\x00ed",
+        result={"k\x00": ["v\x00"]},
+        error="e\x00",
+        output="o\x00",
+        executed_at=None,
+        duration_ms=None,
+    )
+    assert (r.reported_status, r.result, r.error, r.output) == ("failed", {"k": ["v"]}, "e", "o")

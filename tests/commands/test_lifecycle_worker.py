@@ -217,3 +217,16 @@ async def test_cancelled_command_leaves_the_k_list(world: World) -> None:
     await world.client.post(f"/api/v1/commands/{a}/cancel", headers=world.auth(dev.workspace_id))
     listed = (await world.client.get("/api/v1/devices/pending", headers=dev.k)).json()
     assert [c["command_id"] for c in listed] == [b]
+
+
+async def test_oversized_or_nul_results_from_events_are_stored_clipped(worker: World) -> None:
+    world = worker
+    dev = await world.device()
+    cid = (await world.queue(dev))["command_id"]
+    big = result(
+        dev, cid, "failed", "agent", output="o" * 50_000, error="e\x00rr", result={"x": "y" * 70_000}
+    )
+    await world.publish("events:gateway", big)
+    await until(lambda: _is(world, cid, "failed"))
+    row = await world.row(cid)
+    assert len(row["output"]) == 10_000 and row["error"] == "err" and '"truncated": true' in row["result"]
