@@ -136,12 +136,13 @@ class Socket:
             return None
         recv = asyncio.ensure_future(ws.receive())
         closing = asyncio.ensure_future(conn.closing.wait())
-        await asyncio.wait({recv, closing}, return_when=asyncio.FIRST_COMPLETED)
-        closing.cancel()
-        if not recv.done():
-            recv.cancel()
-            return None
-        return recv.result()
+        try:
+            await asyncio.wait({recv, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the caller gives up (the hello timeout): no read left behind
+            closing.cancel()
+            if not recv.done():
+                recv.cancel()
+        return recv.result() if not recv.cancelled() else None
 
     async def serve(
         self, ws: WebSocket, conn: Connection, parse: Callable[[str | bytes], Inbound], handle: Handle
@@ -194,7 +195,7 @@ def _connection(
 async def agent_socket(sock: Socket, ws: WebSocket) -> None:
     """``GET /api/v1/agent/ws``: subprotocol ``fleet.agent.v1``; ``hello`` first, then frames."""
     choice = agent_subprotocol(offered(ws.headers.get("sec-websocket-protocol", "")))
-    who = sock.device_session(header_token(ws) or (choice.token if choice else None))
+    who = sock.device_session(header_token(ws)) or sock.device_session(choice.token if choice else None)
     if choice is None or who is None:
         await ws.close(1008)  # before accept: the handshake is refused (HTTP 403)
         return
@@ -257,8 +258,7 @@ async def agent_handle(sock: Socket, conn: Connection, inbound: Inbound) -> bool
 async def s_socket(sock: Socket, ws: WebSocket) -> None:
     """``GET /api/v1/device/ws``: a session in ``X-Device-Session`` or ``Sec-WebSocket-Protocol``."""
     choice = s_subprotocol(offered(ws.headers.get("sec-websocket-protocol", "")))
-    header = header_token(ws)
-    who = sock.device_session(header or choice.token)
+    who = sock.device_session(header_token(ws)) or sock.device_session(choice.token)
     if who is None:
         await ws.close(1008)
         return

@@ -248,3 +248,25 @@ async def test_rate_limit_drops_then_closes_a_flood(database_url, prefix):
             assert "rate_limited" in codes
             assert ws.close_code == 1008
         await asyncio.sleep(0)
+
+
+async def test_no_hello_in_time_closes_the_socket_unannounced(database_url, prefix):
+    from .conftest import served
+
+    async with served(database_url, prefix, hello_timeout_s=0.3) as world:
+        _d, _w, token = world.session()
+        async with connect(world.url(PATH), subprotocols=[PROTO, f"auth.{token}"]) as ws:
+            with pytest.raises(ConnectionClosed):
+                await recv(ws)
+            assert ws.close_code == 1008
+        assert await world.events() == []  # never connected, so never disconnected
+
+
+async def test_a_bad_header_token_does_not_hide_a_good_subprotocol_one(world: World):
+    device_id, _w, token = world.session()
+    async with connect(
+        world.url(PATH),
+        subprotocols=[PROTO, f"auth.{token}"],
+        additional_headers={"X-Device-Session": "stale"},
+    ) as ws:
+        assert (await hello(ws))["device_id"] == device_id
