@@ -418,6 +418,11 @@ def outcome_of(word: str) -> Outcome:
     return "succeeded" if state == SUCCEEDED else "cancelled" if state == CANCELLED else "failed"
 
 
+def aware(at: datetime) -> datetime:
+    """A time with a zone (an event from a careless producer may carry a naive one: UTC)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def parse_time(value: str | float | None) -> datetime | None:
     """An ISO 8601 time or epoch seconds/milliseconds (UTC if no zone); None if absent."""
     if value is None:

@@ -32,6 +32,7 @@ from .domain import (
     NewCommand,
     Report,
     Ttl,
+    aware,
     check_retry,
     decide_cancel,
     decide_deliver,
@@ -290,21 +291,22 @@ def steps_of(event: Event) -> Iterator[tuple[str, Step]]:
 
 def apply_step(c: Command, event: Step) -> tuple[Command, Sequence[Event]]:
     """One event's decision for one command (timestamps are the event's own)."""
+    at = aware(event.at)
     if isinstance(event, CommandsPiggybacked):
-        return decide_send(c, via="s_heartbeat", now=event.at)
+        return decide_send(c, via="s_heartbeat", now=at)
     if isinstance(event, CommandPushed):
-        return decide_send(c, via=VIA.get(event.dialect, event.dialect), now=event.at)
+        return decide_send(c, via=VIA.get(event.dialect, event.dialect), now=at)
     if isinstance(event, CommandAcked):
-        return decide_deliver(c, now=event.at)
+        return decide_deliver(c, now=at)
     report = event_report(
         event.status,
         result=event.result,
         error=event.error,
         output=event.output,
-        executed_at=event.executed_at,
+        executed_at=aware(event.executed_at) if event.executed_at is not None else None,
         duration_ms=event.duration_ms,
     )
-    new, out, verdict = decide_result(c, report, via=VIA.get(event.dialect, event.dialect), now=event.at)
+    new, out, verdict = decide_result(c, report, via=VIA.get(event.dialect, event.dialect), now=at)
     if verdict != "accepted":
         log.info("result for command %s %s (it is %s)", c.command_id, verdict, c.state)
     return new, out

@@ -120,16 +120,19 @@ async def listing(
 async def open_for(
     conn: Conn, workspace_id: str, device_id: str, now: datetime, *, limit: int, lock: bool = False
 ) -> list[Command]:
-    """A device's open commands not yet past their TTL, oldest first (its FIFO)."""
-    rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM commands WHERE device_id = $1 AND workspace_id = $2 AND {_OPEN} "
-        "AND expires_at > $3 ORDER BY created_at, command_id LIMIT $4" + (" FOR UPDATE" if lock else ""),
-        device_id,
-        workspace_id,
-        now,
-        limit,
+    """A device's open commands not yet past their TTL, oldest first (its FIFO); when locking, rows
+    are locked in id order like every other multi-row lock here, so no two lockers deadlock."""
+    picked = (
+        f"SELECT command_id FROM commands WHERE device_id = $1 AND workspace_id = $2 AND {_OPEN} "
+        "AND expires_at > $3 ORDER BY created_at, command_id LIMIT $4"
     )
-    return [_command(r) for r in rows]
+    if lock:
+        sql = f"SELECT {_COLUMNS} FROM commands WHERE command_id IN ({picked}) ORDER BY command_id FOR UPDATE"
+    else:
+        sql = f"SELECT {_COLUMNS} FROM commands WHERE command_id IN ({picked})"
+    rows = await conn.fetch(sql, device_id, workspace_id, now, limit)
+    found = [_command(r) for r in rows]
+    return sorted(found, key=lambda c: (c.created_at, c.command_id))
 
 
 async def due(conn: Conn, now: datetime, limit: int) -> list[Command]:

@@ -230,3 +230,21 @@ async def test_oversized_or_nul_results_from_events_are_stored_clipped(worker: W
     await until(lambda: _is(world, cid, "failed"))
     row = await world.row(cid)
     assert len(row["output"]) == 10_000 and row["error"] == "err" and '"truncated": true' in row["result"]
+
+
+async def test_event_times_without_a_zone_are_utc(worker: World) -> None:
+    world = worker
+    dev = await world.device()
+    cid = (await world.queue(dev))["command_id"]
+    naive = datetime.now(UTC).replace(tzinfo=None)
+    event = CommandPushed(
+        command_id=cid,
+        device_id=dev.device_id,
+        workspace_id=dev.workspace_id,
+        gateway_id="g",
+        dialect="w",
+        at=naive,
+    )
+    await world.publish("events:gateway", event)
+    await until(lambda: _is(world, cid, "sent"))
+    assert (await world.row(cid))["sent_at"] == naive.replace(tzinfo=UTC)
