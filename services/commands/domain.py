@@ -34,11 +34,11 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED})
 STATES = OPEN | TERMINAL
 
 # Sizes (bytes of UTF-8 / encoded JSON). Bodies above MAX_BODY are refused before parsing.
-MAX_BODY = 100_000
-MAX_OUTPUT = 10_000
-MAX_ERROR = 5_000
-MAX_RESULT = 64_000
-MAX_PARAMETERS = 16_000
+MAX_BODY = 100 * 1024
+MAX_OUTPUT = 10 * 1024
+MAX_ERROR = 5 * 1024
+MAX_RESULT = 64 * 1024
+MAX_PARAMETERS = 16 * 1024
 MAX_DEPTH = 16
 TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z"
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")

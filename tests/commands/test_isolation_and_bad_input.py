@@ -37,7 +37,7 @@ BAD_NEW = [
 ]
 TOO_LARGE = [
     {"command_type": "p", "payload": {"blob": "x" * 20_000}},
-    {"command_type": "p", "pad": "x" * 100_001},
+    {"command_type": "p", "pad": "x" * 110_000},
 ]
 
 

@@ -250,13 +250,16 @@ async def test_s_bad_token_401_and_limits_413(world: World) -> None:
     resp = await world.client.post(url, json={"status": "success"}, headers={"X-Device-Session": "bad"})
     assert resp.status_code == 401 and resp.json()["error"]["code"] == "INVALID_TOKEN"
     for body in (
-        {"status": "success", "output": "x" * 10_001},
-        {"status": "failure", "error": "e" * 5_001},
+        {"status": "success", "output": "x" * (10 * 1024 + 1)},
+        {"status": "failure", "error": "e" * (5 * 1024 + 1)},
         {"status": "success", "result": {"stdout": "x" * 100_001}},
     ):
         resp = await world.client.post(url, json=body, headers=dev.s)
         assert resp.status_code == 413, resp.text
     assert (await world.row(cid))["state"] == "queued"
+    at_limit = {"status": "success", "output": "x" * 10 * 1024, "error": "e" * 5 * 1024}
+    resp = await world.client.post(url, json=at_limit, headers=dev.s)
+    assert resp.status_code == 200, resp.text
 
 
 # ---- dialect W ----------------------------------------------------------------------------------
