@@ -105,3 +105,24 @@ async def test_expired_commands_are_never_pushed():
     cmd = _command(1)
     conn.push(cmd, cmd.expires_at + timedelta(seconds=1))
     assert conn.queue.empty() and cmd.attempts == 0
+
+
+async def test_connections_gauge_counts_open_sockets_per_dialect(world: World):
+    from services.gateway.handlers import _observe, gateway_of
+
+    def observed() -> dict[str, int]:
+        return {o.attributes["dialect"]: o.value for o in _observe(None)}  # type: ignore[arg-type,index]
+
+    _d, _w, token = world.session()
+    _wd, _ww, w_token = await world.w_device()
+    async with (
+        connect(world.url("/api/v1/device/ws"), additional_headers={"X-Device-Session": token}) as s,
+        connect(world.url(f"/ws/device/{w_token}")) as w,
+    ):
+        await recv(s)
+        await send(w, type="ping")
+        await recv(w)
+        assert gateway_of(world.host).counts() == {"s": 1, "w": 1}
+        assert observed()["s"] >= 1 and observed()["w"] >= 1
+    await world.until(lambda ev: [e for e in ev if isinstance(e, AgentDisconnected)][1:])
+    assert gateway_of(world.host).counts() == {}
