@@ -34,5 +34,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     heartbeat_interval_ms: int = 30_000
     # Seconds an agent has to send `hello` after the handshake.
     hello_timeout_s: float = 10.0
+    # How often open sockets are checked against revocations (a revoked session, credential or device).
+    revocation_check_s: float = 1.0
     # Commands whose result this gateway instance remembers (duplicate results are recognised).
     remember_finished: int = 100_000

@@ -71,6 +71,8 @@ class Connection:
         )
         self.pushed: set[str] = set()
         self.boot: str | None = None
+        # whether the credential behind the socket still holds (revocation closes the socket)
+        self.valid: Callable[[], bool] = lambda: True
         self.close_code: int | None = None
         self.closing = asyncio.Event()  # set by abort: the reader stops waiting for frames
         self._writer: asyncio.Task[None] | None = None
@@ -166,11 +168,25 @@ class Gateway:
         _instrument()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow ``events:commands`` until the host stops, then flush what is queued."""
+        """Follow ``events:commands`` and watch for revocations until the host stops, then flush."""
+        watch = asyncio.create_task(self.watch_revocations(stop))
         try:
             await self.feed.run(stop)
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await self.batcher.aclose()
+
+    async def watch_revocations(self, stop: asyncio.Event) -> None:
+        """Close (1008) every socket whose session or credential was revoked since it opened."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.revocation_check_s)
+            for conns in list(self.sockets.values()):
+                for conn in list(conns.values()):
+                    if not conn.valid():
+                        log.info("closing a %s socket of device %s: revoked", conn.dialect, conn.device_id)
+                        conn.abort(1008, "revoked")
 
     def connection(self, **kw: Any) -> Connection:
         """A new, not yet attached connection."""

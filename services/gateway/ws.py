@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, WebSocket
 from starlette.types import Message
 
-from libs.events.identity import TokenError
+from libs.events.identity import Claims, Credential, TokenError
 from libs.events.schemas import agent as A
 from libs.events.service import ServiceHost
 
@@ -98,8 +98,8 @@ class Socket:
         """The host's gateway."""
         return gateway_of(self.host)
 
-    def device_session(self, token: str | None) -> tuple[str, str] | None:
-        """``(device_id, workspace_id)`` of a valid, unrevoked device session token."""
+    def device_session(self, token: str | None) -> Claims | None:
+        """The claims of a valid, unrevoked device session token."""
         identity = self.host.identity
         if not token or identity is None:
             return None
@@ -107,7 +107,26 @@ class Socket:
             claims = identity.claims(token)
         except TokenError:
             return None
-        return (claims.sub, claims.ws) if claims.typ == "device" else None
+        return claims if claims.typ == "device" else None
+
+    def still_valid(self, who: Claims | Credential) -> Callable[[], bool]:
+        """Whether the session or credential behind a socket still holds: not revoked, its device
+        neither deleted nor disabled. A session's expiry is not checked (S clients re-authenticate
+        over HTTP and keep their socket)."""
+        identity = self.host.identity
+        assert identity is not None
+        index = identity.feed.index
+        if isinstance(who, Credential):
+            return lambda: index.credential_usable(who)
+
+        def valid() -> bool:
+            try:
+                index.check(who)
+            except TokenError:
+                return False
+            return True
+
+        return valid
 
     async def next_frame(self, ws: WebSocket, conn: Connection) -> str | bytes | None:
         """The next frame within the size and rate limits; None when the socket is done."""
@@ -177,14 +196,23 @@ def header_token(ws: WebSocket) -> str | None:
 
 
 def _connection(
-    sock: Socket, ws: WebSocket, who: tuple[str, str], dialect: str, render: Render
+    sock: Socket, ws: WebSocket, who: Claims | Credential, dialect: str, render: Render
 ) -> Connection:
     async def close(code: int, reason: str) -> None:
         await ws.close(code, reason)
 
-    conn = sock.gateway.connection(
-        device_id=who[0], workspace_id=who[1], dialect=dialect, render=render, send=ws.send_text, close=close
+    device_id, workspace_id = (
+        (who.sub, who.ws) if isinstance(who, Claims) else (who.device_id, who.workspace_id)
     )
+    conn = sock.gateway.connection(
+        device_id=device_id,
+        workspace_id=workspace_id,
+        dialect=dialect,
+        render=render,
+        send=ws.send_text,
+        close=close,
+    )
+    conn.valid = sock.still_valid(who)
     conn.start()
     return conn
 
@@ -307,7 +335,7 @@ async def w_socket(sock: Socket, ws: WebSocket, token: str) -> None:
         await ws.close(1008)  # before accept: HTTP 403
         return
     await ws.accept()
-    conn = _connection(sock, ws, (cred.device_id, cred.workspace_id), "w", w_command)
+    conn = _connection(sock, ws, cred, "w", w_command)
     await sock.serve(ws, conn, parse_w, w_handle)
 
 

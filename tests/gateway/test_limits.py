@@ -126,3 +126,29 @@ async def test_connections_gauge_counts_open_sockets_per_dialect(world: World):
         assert observed()["s"] >= 1 and observed()["w"] >= 1
     await world.until(lambda ev: [e for e in ev if isinstance(e, AgentDisconnected)][1:])
     assert gateway_of(world.host).counts() == {}
+
+
+async def test_revocation_closes_open_sockets(world: World):
+    from libs.events.identity import Signer
+    from libs.events.publisher import Publisher
+    from libs.events.schemas.auth import CredentialRevoked
+    from libs.events.schemas.device import DeviceDeleted
+
+    device_id, wsid, token = world.session()
+    cid = Signer("x" * 40).verify(token, now=datetime.now(UTC).timestamp()).cid
+    w_device, w_ws, w_token = await world.w_device()
+    async with (
+        connect(world.url("/api/v1/device/ws"), additional_headers={"X-Device-Session": token}) as s,
+        connect(world.url(f"/ws/device/{w_token}")) as w,
+    ):
+        await recv(s)
+        await send(w, type="ping")
+        await recv(w)
+        revoked = CredentialRevoked(credential_id=cid, device_id=device_id, workspace_id=wsid, kind="secret")
+        await Publisher(world.redis, producer="auth").publish(world.prefix + "events:auth", revoked)
+        deleted = DeviceDeleted(device_id=w_device, workspace_id=w_ws)
+        await Publisher(world.redis, producer="device").publish(world.prefix + "events:device", deleted)
+        for ws in (s, w):
+            with pytest.raises(ConnectionClosed):
+                await recv(ws)
+            assert ws.close_code == 1008
