@@ -1,4 +1,4 @@
-"""The command lifecycle's rules (pure): states, decisions and their events, limits, dialect words.
+"""The command lifecycle's rules (pure): states, vocabulary, queueing, decisions and their events.
 
 ``queued`` -> ``sent`` -> ``delivered`` -> ``succeeded`` | ``failed``; ``expired`` and ``cancelled``
 end a command that has no result yet. Terminal states never change: the first result is final, a
@@ -12,8 +12,8 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
 import msgspec
 
@@ -27,19 +27,14 @@ from libs.events.schemas.commands import (
     CommandSent,
 )
 
+from .dialects import MAX_PARAMETERS, DomainError, Report, size, too_large
+
 QUEUED, SENT, DELIVERED = "queued", "sent", "delivered"
 SUCCEEDED, FAILED, EXPIRED, CANCELLED = "succeeded", "failed", "expired", "cancelled"
 OPEN = frozenset({QUEUED, SENT, DELIVERED})
 TERMINAL = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED})
 STATES = OPEN | TERMINAL
 
-# Sizes (bytes of UTF-8 / encoded JSON). Bodies above MAX_BODY are refused before parsing.
-MAX_BODY = 100 * 1024
-MAX_OUTPUT = 10 * 1024
-MAX_ERROR = 5 * 1024
-MAX_RESULT = 64 * 1024
-MAX_PARAMETERS = 16 * 1024
-MAX_DEPTH = 16
 TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z"
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
@@ -55,32 +50,6 @@ VOCABULARY = {
     CANCELLED: "cancelled",
 }
 K_VOCABULARY = {**VOCABULARY, SENT: "pending", DELIVERED: "pending"}
-
-# A device's word for its result -> the state it ends in (every dialect's words; unknown ones fail).
-RESULT_WORDS = {
-    "success": SUCCEEDED,
-    "succeeded": SUCCEEDED,
-    "completed": SUCCEEDED,
-    "failure": FAILED,
-    "failed": FAILED,
-    "timeout": FAILED,
-    "error": FAILED,
-    "cancelled": CANCELLED,
-    "canceled": CANCELLED,
-}
-S_WORDS = ("success", "failure", "timeout", "failed", "cancelled")
-K_WORDS = ("completed", "failed")
-
-Outcome = Literal["succeeded", "failed", "cancelled"]
-T = TypeVar("T", bound=msgspec.Struct)
-
-
-class DomainError(Exception):
-    """A refused decision; ``kind`` is invalid, not_found, conflict, forbidden or too_large."""
-
-    def __init__(self, kind: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.code, self.message = kind, code, message
 
 
 @dataclass(frozen=True)
@@ -127,21 +96,6 @@ class Command:
         return self.state in TERMINAL
 
 
-@dataclass(frozen=True)
-class Report:
-    """A device's result, already mapped: ``outcome`` in the vocabulary, the device's own word kept."""
-
-    outcome: Outcome
-    reported_status: str
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    output: str | None = None
-    executed_at: datetime | None = None
-    duration_ms: float | None = None
-
-
-# ---- bodies -------------------------------------------------------------------------------------
-
 CommandType = Annotated[str, msgspec.Meta(pattern=TYPE_PATTERN)]
 IdemKey = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
@@ -154,68 +108,6 @@ class NewCommand(msgspec.Struct, kw_only=True):
     parameters: dict[str, Any] | None = None
     ttl_s: Annotated[int, msgspec.Meta(ge=1)] | None = None
     idempotency_key: IdemKey | None = None
-
-
-class SResult(msgspec.Struct, kw_only=True):
-    """Dialect S ``POST /api/v1/device/commands/{id}/result``."""
-
-    status: str
-    executedAt: str | float | None = None  # the wire name
-    duration: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    output: str | None = None
-    error: str | None = None
-    result: dict[str, Any] | None = None
-
-
-class KStatus(msgspec.Struct, kw_only=True):
-    """Dialect K ``PUT /api/v1/devices/{command_id}/status``."""
-
-    status: str
-    result: dict[str, Any] | None = None
-
-
-def parse(cls: type[T], data: Any) -> T:
-    """A body from decoded JSON; DomainError(invalid) for wrong shapes, types or values."""
-    if not isinstance(data, dict):
-        raise DomainError("invalid", "VALIDATION_ERROR", "the body must be a JSON object")
-    check_values(data)
-    try:
-        return msgspec.convert(data, cls, strict=True)
-    except msgspec.ValidationError as exc:
-        raise DomainError("invalid", "VALIDATION_ERROR", str(exc)) from None
-
-
-def check_values(value: Any, depth: int = 0) -> None:
-    """Refuse NUL characters (Postgres cannot store them) and nesting deeper than MAX_DEPTH."""
-    if depth > MAX_DEPTH:
-        raise DomainError("invalid", "VALIDATION_ERROR", f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise DomainError("invalid", "VALIDATION_ERROR", "strings must not contain NUL")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_values(k, depth + 1)
-            check_values(v, depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            check_values(v, depth + 1)
-
-
-_encoder = msgspec.json.Encoder(order="sorted")
-
-
-def size(value: Any) -> int:
-    """Bytes of ``value`` as stored (UTF-8 text, or encoded JSON)."""
-    if value is None:
-        return 0
-    if isinstance(value, str):
-        return len(value.encode())
-    return len(_encoder.encode(value))
-
-
-def too_large(what: str, limit: int) -> DomainError:
-    """The refusal of a field over its size limit (HTTP 413)."""
-    return DomainError("too_large", "PAYLOAD_TOO_LARGE", f"{what} over {limit} bytes")
 
 
 def states_for(word: str) -> list[str]:
@@ -261,6 +153,9 @@ def ttl_of(cmd: NewCommand, ttl: Ttl) -> int:
     if cmd.ttl_s > ttl.max_s:
         raise DomainError("invalid", "VALIDATION_ERROR", f"ttl_s: at most {ttl.max_s}")
     return cmd.ttl_s
+
+
+_encoder = msgspec.json.Encoder(order="sorted")
 
 
 def fingerprint(shape: str, device_id: str, cmd: NewCommand, ttl_s: int) -> str:
@@ -407,134 +302,3 @@ def decide_cancel(c: Command, *, by: str, now: datetime) -> Decision:
 def _cancel(c: Command, *, by: str, now: datetime) -> Decision:
     new = dataclasses.replace(c, state=CANCELLED, finished_at=now, finished_by=by)
     return new, [CommandCancelled(**_ids(c), at=now, by=by)]
-
-
-# ---- results in each dialect's words --------------------------------------------------------------
-
-
-def outcome_of(word: str) -> Outcome:
-    """The state a device's result word ends in; an unknown word is a failure (the word is kept)."""
-    state = RESULT_WORDS.get(word.strip().lower(), FAILED)
-    return "succeeded" if state == SUCCEEDED else "cancelled" if state == CANCELLED else "failed"
-
-
-def aware(at: datetime) -> datetime:
-    """A time with a zone (an event from a careless producer may carry a naive one: UTC)."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def parse_time(value: str | float | None) -> datetime | None:
-    """An ISO 8601 time or epoch seconds/milliseconds (UTC if no zone); None if absent."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, str):
-            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return at if at.tzinfo else at.replace(tzinfo=UTC)
-        seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, UTC)
-    except (ValueError, OverflowError, OSError):
-        raise DomainError("invalid", "VALIDATION_ERROR", "executedAt: not a time") from None
-
-
-def _bounded(output: str | None, error: str | None, result: dict[str, Any] | None) -> None:
-    if size(output) > MAX_OUTPUT:
-        raise too_large("output", MAX_OUTPUT)
-    if size(error) > MAX_ERROR:
-        raise too_large("error", MAX_ERROR)
-    if size(result) > MAX_RESULT:
-        raise too_large("result", MAX_RESULT)
-
-
-def s_report(body: SResult) -> Report:
-    """Dialect S's result: success -> succeeded; failure/failed/timeout -> failed; cancelled."""
-    if body.status not in S_WORDS:
-        raise DomainError("invalid", "VALIDATION_ERROR", f"status: one of {', '.join(S_WORDS)}")
-    _bounded(body.output, body.error, body.result)
-    return Report(
-        outcome=outcome_of(body.status),
-        reported_status=body.status,
-        result=body.result,
-        error=body.error,
-        output=body.output,
-        executed_at=parse_time(body.executedAt),
-        duration_ms=body.duration,
-    )
-
-
-def k_report(body: KStatus) -> Report:
-    """Dialect K's status: completed -> succeeded; failed (the result's ``error`` is kept)."""
-    if body.status not in K_WORDS:
-        raise DomainError("invalid", "VALIDATION_ERROR", f"status: one of {', '.join(K_WORDS)}")
-    error = body.result.get("error") if body.result else None
-    error = error if isinstance(error, str) else None
-    _bounded(None, error, body.result)
-    return Report(outcome_of(body.status), body.status, result=body.result, error=error)
-
-
-def _clip(text: str | None, limit: int) -> str | None:
-    if text is None:
-        return None
-    text = text.replace("\x00", "")  # Postgres text cannot hold NUL
-    if size(text) <= limit:
-        return text
-    return text.encode()[:limit].decode(errors="ignore")
-
-
-def _clean(value: Any) -> Any:
-    """``value`` without NUL characters in any string or key (Postgres jsonb cannot hold them)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
-def event_report(
-    status: str,
-    *,
-    result: dict[str, Any] | None,
-    error: str | None,
-    output: str | None,
-    executed_at: datetime | None,
-    duration_ms: float | None,
-) -> Report:
-    """A result that came as an event: mapped like the HTTP dialects; oversized parts are clipped
-    and NUL characters dropped (an event cannot be refused), and a result over its limit is
-    replaced by a note of its size."""
-    if result is not None and size(result) > MAX_RESULT:
-        result = {"truncated": True, "bytes": size(result)}
-    return Report(
-        outcome=outcome_of(status),
-        reported_status=_clip(status, 64) or "",
-        result=_clean(result),
-        error=_clip(error, MAX_ERROR),
-        output=_clip(output, MAX_OUTPUT),
-        executed_at=executed_at,
-        duration_ms=duration_ms,
-    )
-
-
-# ---- per-device rate --------------------------------------------------------------------------------
-
-
-class DeviceRateLimit:
-    """At most ``limit`` requests per device per fixed window, counted in this process (0: no limit)."""
-
-    def __init__(self, limit: int, window_s: float = 1.0) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._window = -1
-        self._counts: dict[str, int] = {}
-
-    def allow(self, key: str, now: float) -> bool:
-        """Count one request of ``key``; False when its window is already full."""
-        if self.limit <= 0:
-            return True
-        window = int(now // self.window_s)
-        if window != self._window:
-            self._window, self._counts = window, {}
-        n = self._counts.get(key, 0) + 1
-        self._counts[key] = n
-        return n <= self.limit

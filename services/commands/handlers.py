@@ -25,14 +25,12 @@ from libs.events.schemas.telemetry import CommandsPiggybacked
 from libs.events.service import ServiceHost
 
 from . import metrics, store
+from .dialects import DomainError, Report, aware, event_report
 from .domain import (
     QUEUED,
     Command,
-    DomainError,
     NewCommand,
-    Report,
     Ttl,
-    aware,
     check_retry,
     decide_cancel,
     decide_deliver,
@@ -40,7 +38,6 @@ from .domain import (
     decide_queue,
     decide_result,
     decide_send,
-    event_report,
     fingerprint,
     ttl_of,
 )

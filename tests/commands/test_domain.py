@@ -15,17 +15,25 @@ from libs.events.schemas.commands import (
     CommandQueued,
     CommandSent,
 )
-from services.commands.domain import (
+from services.commands.dialects import (
     MAX_ERROR,
     MAX_OUTPUT,
     MAX_RESULT,
-    Command,
     DeviceRateLimit,
     DomainError,
     KStatus,
-    NewCommand,
     Report,
     SResult,
+    event_report,
+    k_report,
+    outcome_of,
+    parse,
+    parse_time,
+    s_report,
+)
+from services.commands.domain import (
+    Command,
+    NewCommand,
     Ttl,
     check_retry,
     decide_cancel,
@@ -34,13 +42,7 @@ from services.commands.domain import (
     decide_queue,
     decide_result,
     decide_send,
-    event_report,
     fingerprint,
-    k_report,
-    outcome_of,
-    parse,
-    parse_time,
-    s_report,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -14,7 +14,8 @@ from fastapi import Query, Request
 from libs.events.http import ApiError, DeviceCaller, Identity, Operator
 from libs.events.service import ServiceHost
 
-from ..domain import MAX_BODY, Command, DeviceRateLimit, DomainError, is_command_id
+from ..dialects import MAX_BODY, DeviceRateLimit, DomainError
+from ..domain import Command, is_command_id
 from ..handlers import Commands
 
 WRITERS = ("owner", "operator")

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ..domain import KStatus, SResult, k_report, parse, s_report
+from ..dialects import KStatus, SResult, k_report, parse, s_report
 from .common import Api, command_path, domain_errors, k_command_json, k_json
 
 

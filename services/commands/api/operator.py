@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 
 from libs.events.http import ApiError, Operator
 
-from ..domain import NewCommand, parse, states_for
+from ..dialects import parse
+from ..domain import NewCommand, states_for
 from .common import Api, Limit, Offset, command_path, domain_errors, operator_json, w_json, writer
 
 MAX_KEY = 128
