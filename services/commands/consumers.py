@@ -8,15 +8,16 @@ from collections.abc import Awaitable, Callable
 from libs.events.consumer import Subscription
 from libs.events.service import ServiceHost
 
-from .handlers import CONSUMER, GATEWAY, GATEWAY_TYPES, TELEMETRY, TELEMETRY_TYPES, Commands
+from .handlers import Commands
+from .lifecycle_handlers import CONSUMER, TYPES, Lifecycle
 
 
 def subscriptions(host: ServiceHost) -> list[Subscription]:
-    """Group ``commands.lifecycle`` on the gateway's and telemetry's streams, one batch handler."""
-    commands = Commands(host)
+    """Group ``commands.lifecycle`` on the gateway's, telemetry's and the registry's streams."""
+    lifecycle = Lifecycle(Commands(host))
     return [
-        Subscription(host.stream(GATEWAY), CONSUMER, batch=commands.handle, batch_types=GATEWAY_TYPES),
-        Subscription(host.stream(TELEMETRY), CONSUMER, batch=commands.handle, batch_types=TELEMETRY_TYPES),
+        Subscription(host.stream(stream), CONSUMER, batch=lifecycle.handle, batch_types=types)
+        for stream, types in TYPES.items()
     ]
 
 

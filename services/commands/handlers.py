@@ -1,7 +1,7 @@
 """Use-cases of the queue: load -> decide -> store the command and its events in one transaction.
 
-Operators queue, read and cancel; devices poll (K) and report results (K, S); the gateway's and
-telemetry's events move commands along (consumer ``commands.lifecycle``); the sweeper expires them.
+Operators queue, read and cancel; devices poll (K) and report results (K, S); the sweeper expires
+commands past their TTL. Other services' events move commands along in ``lifecycle_handlers``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,14 +18,11 @@ import asyncpg
 
 from libs.events.envelope import new_id
 from libs.events.outbox import Outbox
-from libs.events.projection import Delivery, claim_events
 from libs.events.schemas import Event
-from libs.events.schemas.gateway import CommandAcked, CommandPushed, CommandResultReceived
-from libs.events.schemas.telemetry import CommandsPiggybacked
 from libs.events.service import ServiceHost
 
 from . import metrics, store
-from .dialects import DomainError, Report, aware, event_report
+from .dialects import DomainError, Report
 from .domain import (
     QUEUED,
     Command,
@@ -33,7 +30,6 @@ from .domain import (
     Ttl,
     check_retry,
     decide_cancel,
-    decide_deliver,
     decide_expire,
     decide_queue,
     decide_result,
@@ -44,14 +40,6 @@ from .domain import (
 
 log = logging.getLogger(__name__)
 STREAM = "events:commands"
-CONSUMER = "commands.lifecycle"
-GATEWAY, TELEMETRY = "events:gateway", "events:telemetry"
-GATEWAY_TYPES = frozenset(
-    {"gateway.command_pushed.v1", "gateway.command_acked.v1", "gateway.command_result.v1"}
-)
-TELEMETRY_TYPES = frozenset({"telemetry.commands_piggybacked.v1"})
-# A socket dialect -> the transport ``via`` names in CommandSent / CommandFinished.
-VIA = {"agent": "agent", "s": "s_ws", "w": "w_ws"}
 Render = Callable[[Command], Any]
 
 
@@ -209,31 +197,6 @@ class Commands:
             log.info("result for command %s %s (it is %s)", command_id, verdict, c.state)
         return new, verdict
 
-    # ---- the lifecycle consumer ---------------------------------------------------------------
-
-    async def handle(self, batch: list[Delivery]) -> None:
-        """Batch handler of ``commands.lifecycle``: each new event applied once, in one transaction."""
-        async with self.outbox.transaction() as tx:
-            fresh = await claim_events(tx.conn, CONSUMER, [d.envelope.id for d in batch])
-            steps = [step for d in batch if d.envelope.id in fresh for step in steps_of(d.event)]
-            if not steps:
-                return
-            commands = await store.lock_many(tx.conn, [cid for cid, _ev in steps])
-            changed: dict[str, Command] = {}
-            events: list[Event] = []
-            for command_id, event in steps:
-                c = commands.get(command_id)
-                if c is None or (c.device_id, c.workspace_id) != (event.device_id, event.workspace_id):
-                    log.warning("%s for unknown command %s ignored", type(event).__name__, command_id)
-                    continue
-                new, out = apply_step(c, event)
-                if out:
-                    commands[command_id] = changed[command_id] = new
-                    events += out
-            await store.save(tx.conn, list(changed.values()))
-            tx.emit(events)
-        metrics.count(events)
-
     # ---- expiry -------------------------------------------------------------------------------
 
     async def sweep_once(self, now: datetime | None = None, limit: int = 500) -> int:
@@ -272,38 +235,3 @@ class Commands:
             counts = await store.open_count(conn)
         metrics.backlog.clear()
         metrics.backlog.update({state: counts.get(state, 0) for state in ("queued", "sent", "delivered")})
-
-
-Step = CommandPushed | CommandAcked | CommandResultReceived | CommandsPiggybacked
-
-
-def steps_of(event: Event) -> Iterator[tuple[str, Step]]:
-    """The commands an event moves along (a piggyback names several)."""
-    if isinstance(event, CommandsPiggybacked):
-        for command_id in dict.fromkeys(event.command_ids):
-            yield command_id, event
-    elif isinstance(event, CommandPushed | CommandAcked | CommandResultReceived):
-        yield event.command_id, event
-
-
-def apply_step(c: Command, event: Step) -> tuple[Command, Sequence[Event]]:
-    """One event's decision for one command (timestamps are the event's own)."""
-    at = aware(event.at)
-    if isinstance(event, CommandsPiggybacked):
-        return decide_send(c, via="s_heartbeat", now=at)
-    if isinstance(event, CommandPushed):
-        return decide_send(c, via=VIA.get(event.dialect, event.dialect), now=at)
-    if isinstance(event, CommandAcked):
-        return decide_deliver(c, now=at)
-    report = event_report(
-        event.status,
-        result=event.result,
-        error=event.error,
-        output=event.output,
-        executed_at=aware(event.executed_at) if event.executed_at is not None else None,
-        duration_ms=event.duration_ms,
-    )
-    new, out, verdict = decide_result(c, report, via=VIA.get(event.dialect, event.dialect), now=at)
-    if verdict != "accepted":
-        log.info("result for command %s %s (it is %s)", c.command_id, verdict, c.state)
-    return new, out

@@ -135,6 +135,16 @@ async def open_for(
     return sorted(found, key=lambda c: (c.created_at, c.command_id))
 
 
+async def open_ids(conn: Conn, workspace_id: str, device_id: str) -> list[str]:
+    """The ids of a device's open commands (expired or not)."""
+    rows = await conn.fetch(
+        f"SELECT command_id FROM commands WHERE device_id = $1 AND workspace_id = $2 AND {_OPEN}",
+        device_id,
+        workspace_id,
+    )
+    return [r["command_id"] for r in rows]
+
+
 async def due(conn: Conn, now: datetime, limit: int) -> list[Command]:
     """Open commands past their TTL, locked (other sweepers skip them)."""
     rows = await conn.fetch(

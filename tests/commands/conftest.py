@@ -191,7 +191,7 @@ async def worker(world: World) -> AsyncIterator[World]:
 
     async def ready() -> bool:
         runners = world.host.runners
-        return len(runners) == 2 and all(r.ready.is_set() for r in runners)
+        return len(runners) == 3 and all(r.ready.is_set() for r in runners)
 
     await until(ready)
     try:

@@ -248,3 +248,23 @@ async def test_event_times_without_a_zone_are_utc(worker: World) -> None:
     await world.publish("events:gateway", event)
     await until(lambda: _is(world, cid, "sent"))
     assert (await world.row(cid))["sent_at"] == naive.replace(tzinfo=UTC)
+
+
+async def test_deleting_a_device_cancels_its_open_commands(worker: World) -> None:
+    from libs.events.schemas.device import DeviceDeleted
+
+    world = worker
+    dev, other = await world.device(), await world.device()
+    open_ids = [(await world.queue(dev))["command_id"] for _ in range(2)]
+    done = (await world.queue(dev))["command_id"]
+    await world.client.put(f"/api/v1/devices/{done}/status", json={"status": "completed"}, headers=dev.k)
+    kept = (await world.queue(other))["command_id"]
+    await world.publish(
+        "events:device", DeviceDeleted(device_id=dev.device_id, workspace_id=dev.workspace_id)
+    )
+    await until(lambda: _is(world, open_ids[1], "cancelled"))
+    assert await state(world, open_ids[0]) == "cancelled"
+    assert (await state(world, done), await state(world, kept)) == ("succeeded", "queued")
+    cancelled = await world.events((CommandCancelled,))
+    assert sorted(e.command_id for e in cancelled) == sorted(open_ids)
+    assert {e.by for e in cancelled} == {"system:device_deleted"}
