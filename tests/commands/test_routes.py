@@ -326,3 +326,21 @@ async def test_workspace_listing_filters_by_device_and_status(world: World) -> N
     assert (await world.client.get("/api/v1/commands?status=bogus", headers=h)).status_code == 400
     resp = await world.client.get(f"/api/v1/commands?device_id={stranger.device_id}", headers=h)
     assert resp.status_code == 404
+
+
+async def test_w_idempotency_key_header(world: World) -> None:
+    dev = await world.device()
+    h = {**world.auth(dev.workspace_id, w=True), "Idempotency-Key": "w-1"}
+    url = f"/api/devices/{dev.device_id}/command"
+    first = await world.client.post(url, json={"command_type": "led"}, headers=h)
+    again = await world.client.post(
+        f"/api/devices/{dev.device_id}/control", json={"command_type": "led"}, headers=h
+    )
+    assert (first.status_code, again.status_code) == (201, 201) and again.json() == first.json()
+    assert "id" in first.json()
+    # the same key on the operator route is another request (another shape): a conflict
+    resp = await world.client.post(
+        f"/api/v1/devices/{dev.device_id}/commands", json={"command_type": "led"}, headers=h
+    )
+    assert resp.status_code == 409
+    assert await world.count("SELECT count(*) FROM commands WHERE device_id = $1", dev.device_id) == 1
