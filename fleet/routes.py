@@ -46,6 +46,8 @@ ROUTES: tuple[Route, ...] = (
     ("/api/v1/agent/ws", "gateway"),
     ("/api/v1/device/ws", "gateway"),
     ("/ws/", "gateway"),
+    # the portal page and its files: everything no other prefix claims
+    ("/", "gateway"),
 )
 
 SERVICES_PREFIX = "/_services/"

@@ -1,4 +1,4 @@
-"""Composition root of the gateway service: the device sockets and the command feed behind them."""
+"""Composition root of the gateway service: device sockets, the command feed behind them, and the portal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from libs.events.settings import ServiceSettings
 
 from .config import Settings
 from .handlers import run_gateway
-from .ws import routers
+from .portal import portal_background, portal_routers
+from .ws import routers as socket_routers
 
 
 def background(host: ServiceHost) -> list[Task]:
@@ -20,7 +21,12 @@ def background(host: ServiceHost) -> list[Task]:
     async def run(stop: asyncio.Event) -> None:
         await run_gateway(host, stop)
 
-    return [run]
+    return [run, *portal_background(host)]
+
+
+def routers(host: ServiceHost) -> list[Any]:
+    """The device sockets, the portal socket and the portal page."""
+    return [*socket_routers(host), *portal_routers(host)]
 
 
 def server(settings: ServiceSettings) -> dict[str, Any]:

@@ -85,6 +85,8 @@ def test_wildcard_segments_and_specificity() -> None:
     assert resolve("/api/v1/agent/ws", routes, services) == Target("gateway")
     assert resolve("/api/v1/agent/heartbeat", routes, services) == Target("telemetry")
     assert resolve("/ws/device/abc", routes, services) == Target("gateway")
+    assert resolve("/", routes, services) == Target("gateway")
+    assert resolve("/static/app.js", routes, services) == Target("gateway")
     assert resolve("/api/v1/devices/d1/credentials", routes, services) == Target("auth")
     assert resolve("/api/v1/devices/d1/commands", routes, services) == Target("commands")
     assert resolve("/api/v1/devices/pending", routes, services) == Target("commands")

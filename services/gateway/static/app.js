@@ -152,7 +152,7 @@ function onFrame(f) {
       break;
     case "status": {
       const d = state.devices.get(f.device_id);
-      if (d) Object.assign(d, { status: f.status, status_reason: f.reason, last_seen: f.last_seen || d.last_seen });
+      if (d) Object.assign(d, { status: f.status, status_reason: f.reason, last_seen: f.status === "offline" ? d.last_seen : f.at });
       refresh();
       if (state.view && state.view.deviceId === f.device_id) prependTimeline(f);
       break;
@@ -276,7 +276,7 @@ function renderDeviceHead() {
     ["Groups", (d.groups || []).join(", ") || "–"], ["Reason", d.status_reason || "–"],
     ["Created", d.created_at ? new Date(d.created_at).toLocaleString() : "–"],
   ];
-  $("#dev-facts").replaceChildren(...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v ?? "–" })]));
+  $("#dev-facts").replaceChildren(...facts.map(([k, v]) => el("div", {}, el("dt", { text: k }), el("dd", { text: v ?? "–" }))));
 }
 
 async function loadCharts(id) {
@@ -317,6 +317,8 @@ function draw(canvas, points) {
   ctx.strokeStyle = "#2b6cb0"; ctx.lineWidth = 3; ctx.beginPath();
   xs.forEach((x, i) => (i ? ctx.lineTo(X(x), Y(ys[i])) : ctx.moveTo(X(x), Y(ys[i]))));
   ctx.stroke();
+  ctx.fillStyle = "#2b6cb0"; // a dot per point: a single minute still shows
+  xs.forEach((x, i) => { ctx.beginPath(); ctx.arc(X(x), Y(ys[i]), 4, 0, 2 * Math.PI); ctx.fill(); });
 }
 
 async function loadTimeline(id) {
