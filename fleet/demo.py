@@ -58,7 +58,7 @@ async def seed(url: str, data: Path) -> dict[str, Any]:
     if "owner_password" not in state:
         state = {"url": url, "owner_email": OWNER_EMAIL, "owner_password": secrets.token_urlsafe(18)}
         write_private(partial, state)
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:  # argon2 logins on a busy box
         await _bootstrap(client, state)
         token = await _login(client, state)
         headers = {"Authorization": f"Bearer {token}"}

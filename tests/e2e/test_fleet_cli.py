@@ -171,7 +171,7 @@ def test_rebuild_rejects_unknown_names() -> None:
     assert "auth, device, telemetry, commands, gateway" in unknown.stderr
     no_projection = fleet_cli("rebuild", "device", "x", DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     assert no_projection.returncode == 2
-    assert "device has no projection 'x' (known: presence)" in no_projection.stderr
+    assert "device has no projection 'x' (known: history, presence)" in no_projection.stderr
     unconfigured = fleet_cli("rebuild", "device", "x")
     assert unconfigured.returncode == 2
     assert "DEVICE_DATABASE_URL (or DATABASE_URL)" in unconfigured.stderr

@@ -21,6 +21,8 @@ def test_demo_is_seeded_once_and_every_dialect_answers(fleet: Start, tmp_path, d
     env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=database_url, STREAM_PREFIX=prefix)
     proc = fleet("up", "--port", str(port), cwd=tmp_path, env=env)
     proc.wait_for(r"fleet is up")
+    seeded = proc.wait_for(r"owner login: |demo: not seeded")
+    assert seeded.group(0) == "owner login: ", proc.report()
     path = tmp_path / ".fleet" / "demo.json"
     demo = json.loads(path.read_text())
     assert set(demo) == DEMO_KEYS

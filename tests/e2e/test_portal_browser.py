@@ -47,6 +47,8 @@ def test_portal_login_live_status_and_a_command(fleet: Start, tmp_path, database
     )
     proc = fleet("up", "--port", str(port), cwd=tmp_path, env=env)
     proc.wait_for(r"fleet is up")
+    seeded = proc.wait_for(r"owner login: |demo: not seeded")
+    assert seeded.group(0) == "owner login: ", proc.report()
     demo = json.loads((tmp_path / ".fleet" / "demo.json").read_text())
     base = demo["url"].rstrip("/")
     device = demo["device_id"]

@@ -84,7 +84,9 @@ async def test_group_lag_is_exported_as_a_gauge(r, prefix):
             await eventually(lambda: runner.stats.lag == 4 and runner.stats.pending == 1)
             points = {
                 m.name: [
-                    p for p in m.data.data_points if p.attributes["messaging.consumer.group.name"] == group
+                    p
+                    for p in m.data.data_points
+                    if p.attributes.get("messaging.consumer.group.name") == group
                 ]
                 for rm in reader.get_metrics_data().resource_metrics
                 for sm in rm.scope_metrics
