@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# Set by the launcher's SIGINT/SIGTERM handler before it raises KeyboardInterrupt: if the interrupt
+# lands where Python swallows it (a finalizer such as a client's __del__), the event loop still sees
+# that a stop was asked for once it installs its own handlers.
+STOP_REQUESTED = threading.Event()
 
 
 class CommandError(Exception):

@@ -19,7 +19,7 @@ import uvicorn
 from libs.events.service import ServiceHost
 
 from .compose import apps, readiness, start_hosts, start_workers, stop_hosts
-from .config import CommandError
+from .config import STOP_REQUESTED, CommandError
 from .dispatcher import Dispatcher
 
 
@@ -62,6 +62,8 @@ class Shutdown:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in previous:
             loop.add_signal_handler(sig, self.request)
+        if STOP_REQUESTED.is_set():  # a signal came before these handlers, and was swallowed
+            self.request()
         try:
             yield
         finally:

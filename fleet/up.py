@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from .config import CommandError, mask_url
+from .config import STOP_REQUESTED, CommandError, mask_url
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -132,16 +132,22 @@ def display_url(host: str, port: int) -> str:
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """Outside the event loop, SIGTERM interrupts startup like Ctrl-C so the teardown still runs."""
+    """Outside the event loop, SIGTERM interrupts startup like Ctrl-C so the teardown still runs.
+
+    The stop is also remembered (STOP_REQUESTED): a KeyboardInterrupt raised inside a finalizer is
+    swallowed by Python, and the loop's own handlers then act on the flag instead.
+    """
 
     def interrupt(_sig: int, _frame: FrameType | None) -> None:
+        STOP_REQUESTED.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def announce_demo(url: str, data: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,3 +152,42 @@ def fleet() -> Iterator[Start]:
     yield start
     for process in started:
         process.kill_everything()
+
+
+@contextlib.contextmanager
+def new_database(run_id: str) -> Iterator[str]:
+    """A database of its own (a platform seeded by ``fleet up`` owns its auth schema: one per run)."""
+    import asyncio
+
+    import asyncpg
+
+    from ..conftest import PG_ADMIN_URL
+
+    name = f"fleet_test_{run_id}_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def own_database_url(run_id: str) -> Iterator[str]:
+    """A fresh database for one test that seeds a platform with ``fleet up``."""
+    with new_database(run_id) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(run_id: str) -> Iterator[str]:
+    """A fresh database shared by one module's tests (one ``fleet up`` for the module)."""
+    with new_database(run_id) as url:
+        yield url

@@ -54,11 +54,11 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, database_url: str, run_id: str) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, module_database_url: str, run_id: str) -> Iterator[Stack]:
     """One ``fleet up`` for the module, on a free port, with a Redis prefix of its own."""
     prefix = f"t{run_id}-{uuid.uuid4().hex[:6]}:"
     cwd = tmp_path_factory.mktemp("fleet-dialects")
-    env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=database_url, STREAM_PREFIX=prefix)
+    env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=module_database_url, STREAM_PREFIX=prefix)
     proc = FleetProcess(["up", "--port", str(free_port())], cwd, env)
     try:
         proc.wait_for(r"fleet is up")

@@ -13,9 +13,9 @@ from .conftest import REDIS_URL, Start, clean_env, free_port
 
 
 @pytest.mark.slow
-def test_commands_of_every_dialect_on_the_one_port(fleet: Start, tmp_path, database_url, prefix):
+def test_commands_of_every_dialect_on_the_one_port(fleet: Start, tmp_path, own_database_url, prefix):
     port = free_port()
-    env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=database_url, STREAM_PREFIX=prefix)
+    env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=own_database_url, STREAM_PREFIX=prefix)
     proc = fleet("up", "--port", str(port), cwd=tmp_path, env=env)
     proc.wait_for(r"fleet is up")
     demo = json.loads((tmp_path / ".fleet" / "demo.json").read_text())

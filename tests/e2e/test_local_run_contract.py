@@ -16,9 +16,9 @@ DEMO_KEYS = {"url", "owner_email", "owner_password", "workspace_id", "site_id", 
 
 
 @pytest.mark.slow
-def test_demo_is_seeded_once_and_every_dialect_answers(fleet: Start, tmp_path, database_url, prefix):
+def test_demo_is_seeded_once_and_every_dialect_answers(fleet: Start, tmp_path, own_database_url, prefix):
     port = free_port()
-    env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=database_url, STREAM_PREFIX=prefix)
+    env = clean_env(REDIS_URL=REDIS_URL, DATABASE_URL=own_database_url, STREAM_PREFIX=prefix)
     proc = fleet("up", "--port", str(port), cwd=tmp_path, env=env)
     proc.wait_for(r"fleet is up")
     seeded = proc.wait_for(r"owner login: |demo: not seeded")

@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.mark.slow
-def test_portal_login_live_status_and_a_command(fleet: Start, tmp_path, database_url, prefix):
+def test_portal_login_live_status_and_a_command(fleet: Start, tmp_path, own_database_url, prefix):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is missing: run scripts/ensure-browser (make test does)"
     from playwright.sync_api import sync_playwright
@@ -40,7 +40,7 @@ def test_portal_login_live_status_and_a_command(fleet: Start, tmp_path, database
     port = free_port()
     env = clean_env(
         REDIS_URL=REDIS_URL,
-        DATABASE_URL=database_url,
+        DATABASE_URL=own_database_url,
         STREAM_PREFIX=prefix,
         DEVICE_PRESENCE_INTERVAL_S="1",
         DEVICE_PRESENCE_TIMEOUT_S="3",
