@@ -36,6 +36,7 @@ def server(settings: ServiceSettings) -> dict[str, Any]:
         "ws_max_size": settings.max_frame_bytes,
         "ws_ping_interval": settings.ws_ping_interval_s or None,
         "ws_ping_timeout": settings.ws_ping_timeout_s or None,
+        "ws_per_message_deflate": settings.ws_compression,
     }
 
 
