@@ -119,16 +119,21 @@ class PortalHub:
         workspace = workspace_of(event)
         if not live or workspace is None or workspace not in self.sockets:
             return
-        tail: Frame = {
-            "type": "event",
-            "stream": stream.removeprefix(self.host.settings.stream_prefix),
-            "id": entry_id,
-            "event_type": envelope.type,
-            "at": envelope.occurred_at.isoformat(),
-            "data": msgspec.to_builtins(event),
-        }
-        for sock in self.sockets[workspace]:
-            sock.push(frames + ([tail] if sock.tail else []))
+        sockets = self.sockets[workspace]
+        tail: list[Frame] = []
+        if any(sock.tail for sock in sockets):  # the events view is open somewhere: build it once
+            tail.append(
+                {
+                    "type": "event",
+                    "stream": stream.removeprefix(self.host.settings.stream_prefix),
+                    "id": entry_id,
+                    "event_type": envelope.type,
+                    "at": envelope.occurred_at.isoformat(),
+                    "data": msgspec.to_builtins(event),
+                }
+            )
+        for sock in sockets:
+            sock.push(frames + tail if sock.tail else frames)
 
     async def poll_metrics(self, stop: asyncio.Event) -> None:
         """Every ``metrics_s``, the latest metrics of the devices portals are looking at (changes only)."""
