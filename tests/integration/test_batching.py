@@ -144,10 +144,11 @@ async def test_an_entry_redis_has_is_awaited_and_a_queued_one_withdrawn(
     """Past the send deadline, an entry not yet sent is withdrawn (nothing written: the error is
     true), while one Redis already has is waited for until Redis answers (not reported failed)."""
     pub = counting(slow)
-    batcher = BatchingPublisher(pub, timeout_s=0.2, hard_timeout_s=30)
+    batcher = BatchingPublisher(pub, timeout_s=30, hard_timeout_s=30)
     stream = prefix + "s"
     try:
         await batcher.publish(stream, beat(pub, 0))
+        batcher.timeout_s = 0.2  # only after the warm-up: a loaded machine may take that long to connect
         async with writes_held(redis_server) as release:
             sent = asyncio.create_task(batcher.publish(stream, beat(pub, 1)))
             await until(lambda: batcher.in_flight == 1)
@@ -157,6 +158,7 @@ async def test_an_entry_redis_has_is_awaited_and_a_queued_one_withdrawn(
             assert await slow.xlen(stream) == 1
             await release()
             assert await sent
+        batcher.timeout_s = 30
         await batcher.publish(stream, beat(pub, 3))  # the withdrawn entry does not ride along later
     finally:
         await batcher.aclose()
@@ -190,16 +192,18 @@ async def test_no_answer_within_the_hard_cap_is_an_unknown_outcome(
     redis_server: RedisServer, slow: aioredis.Redis, prefix: str
 ) -> None:
     pub = counting(slow)
-    batcher = BatchingPublisher(pub, timeout_s=0.05, hard_timeout_s=0.3)
+    batcher = BatchingPublisher(pub, timeout_s=30, hard_timeout_s=30)
     stream = prefix + "s"
     try:
         await batcher.publish(stream, beat(pub, 0))
+        batcher.hard_timeout_s = 0.3  # only after the warm-up (see above)
         async with writes_held(redis_server):
             results = await asyncio.gather(
                 *(batcher.publish(stream, beat(pub, i)) for i in range(1, 4)), return_exceptions=True
             )
         assert all(isinstance(x, OutcomeUnknown) for x in results), results
         assert batcher.in_flight == 0
+        batcher.hard_timeout_s = 30
         assert await batcher.publish(stream, beat(pub, 9))  # and the batcher carries on
     finally:
         await batcher.aclose()
