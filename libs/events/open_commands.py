@@ -1,26 +1,18 @@
-"""Follows ``events:commands`` into the set of open commands per device (queued, sent or delivered).
+"""The open commands per device (queued, sent or delivered), folded from ``events:commands`` (pure).
 
-Like the identity feed: every instance reads the stream whole at start (no group), then follows it
-with ``XREAD BLOCK``. Services that hand commands to devices outside the commands service (the S
-heartbeat answer, gateway sockets) ask it what is still open for a device, oldest first. Memory
-holds open commands only: finished, expired and cancelled ones are dropped as their events arrive.
+Services that hand commands to devices outside the commands service (the S heartbeat answer,
+gateway sockets) ask it what is still open for a device, oldest first; ``open_commands_feed`` keeps
+it current. Memory holds the open commands and the ids of the last ``remember`` closed ones (to
+refuse a duplicate result).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from .envelope import UndecodableEntry, UnknownEventType, decode_entry, decode_event, entry_key
-from .schemas import REGISTRY
 from .schemas.commands import (
     CommandCancelled,
     CommandDelivered,
@@ -29,8 +21,6 @@ from .schemas.commands import (
     CommandQueued,
     CommandSent,
 )
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,48 +34,76 @@ class OpenCommand:
     parameters: dict[str, Any]
     created_at: datetime
     expires_at: datetime
+    order: int = 0  # arrival order: breaks ties between equal ``created_at``
     state: str = "queued"
-    attempts: int = 0
+    attempts: int = 0  # the highest attempt sent so far (CommandSent events and local pushes)
+    answered: bool = False  # a result came through this process (a gateway socket): not pushed again
 
 
 @dataclass
 class OpenCommands:
-    """Open commands per device, folded from the lifecycle events (pure)."""
+    """Open commands per device, folded from the lifecycle events (pure); remembers closed ones.
 
+    ``closed`` (bounded by ``remember``) answers "was a result already recorded?" for a late or
+    duplicate result, and keeps a ``command.queued`` read after the command closed from reopening it.
+    """
+
+    remember: int = 100_000
+    open: dict[str, OpenCommand] = field(default_factory=dict)
     by_device: dict[str, dict[str, OpenCommand]] = field(default_factory=dict)
-    device_of: dict[str, str] = field(default_factory=dict)
+    closed: dict[str, str] = field(default_factory=dict)  # command id -> finished|expired|cancelled
+    _order: int = 0
 
-    def apply(self, event: Any) -> None:
-        """Fold one event (other events are ignored)."""
+    def apply(self, event: Any) -> OpenCommand | None:
+        """Fold one event (others are ignored); returns the command if it is newly queued."""
         if isinstance(event, CommandQueued):
-            self.by_device.setdefault(event.device_id, {})[event.command_id] = OpenCommand(
-                event.command_id,
-                event.device_id,
-                event.workspace_id,
-                event.command_type,
-                dict(event.parameters),
-                event.created_at,
-                event.expires_at,
-            )
-            self.device_of[event.command_id] = event.device_id
-        elif isinstance(event, CommandSent | CommandDelivered):
-            found = self.get(event.command_id)
-            if found is not None:
-                found.state = "sent" if isinstance(event, CommandSent) else "delivered"
-                if isinstance(event, CommandSent):
-                    found.attempts = max(found.attempts, event.attempt)
-        elif isinstance(event, CommandFinished | CommandExpired | CommandCancelled):
-            device = self.device_of.pop(event.command_id, None)
-            commands = self.by_device.get(device or "")
-            if commands is not None:
-                commands.pop(event.command_id, None)
-                if not commands:
-                    del self.by_device[device or ""]
+            return self._queued(event)
+        cmd = self.open.get(getattr(event, "command_id", ""))
+        if isinstance(event, CommandSent) and cmd is not None:
+            cmd.state = "sent" if cmd.state == "queued" else cmd.state
+            cmd.attempts = max(cmd.attempts, event.attempt)
+        elif isinstance(event, CommandDelivered) and cmd is not None:
+            cmd.state = "delivered"
+        elif isinstance(event, CommandFinished):
+            self._close(event.command_id, "finished")
+        elif isinstance(event, CommandExpired):
+            self._close(event.command_id, "expired")
+        elif isinstance(event, CommandCancelled):
+            self._close(event.command_id, "cancelled")
+        return None
+
+    def _queued(self, e: CommandQueued) -> OpenCommand | None:
+        if e.command_id in self.open or e.command_id in self.closed:
+            return None  # a redelivery, or a command closed before its queued event was read
+        self._order += 1
+        cmd = OpenCommand(
+            e.command_id,
+            e.device_id,
+            e.workspace_id,
+            e.command_type,
+            dict(e.parameters),
+            _aware(e.created_at),
+            _aware(e.expires_at),
+            self._order,
+        )
+        self.open[cmd.command_id] = cmd
+        self.by_device.setdefault(cmd.device_id, {})[cmd.command_id] = cmd
+        return cmd
+
+    def _close(self, command_id: str, how: str) -> None:
+        cmd = self.open.pop(command_id, None)
+        if cmd is not None:
+            mine = self.by_device.get(cmd.device_id, {})
+            mine.pop(command_id, None)
+            if not mine:
+                self.by_device.pop(cmd.device_id, None)
+        self.closed[command_id] = how
+        while len(self.closed) > self.remember:
+            del self.closed[next(iter(self.closed))]
 
     def get(self, command_id: str) -> OpenCommand | None:
         """An open command by id."""
-        device = self.device_of.get(command_id)
-        return self.by_device.get(device or "", {}).get(command_id)
+        return self.open.get(command_id)
 
     def for_device(self, device_id: str, now: datetime, *, states: Sequence[str] = ()) -> list[OpenCommand]:
         """A device's open commands not yet expired (optionally only in ``states``), oldest first."""
@@ -94,61 +112,30 @@ class OpenCommands:
             for c in self.by_device.get(device_id, {}).values()
             if c.expires_at > now and (not states or c.state in states)
         ]
-        return sorted(found, key=lambda c: (c.created_at, c.command_id))
+        return sorted(found, key=lambda c: (c.created_at, c.order))
+
+    def pending(self, device_id: str, now: datetime) -> list[OpenCommand]:
+        """The device's commands to push on connect, oldest first (no answered or expired ones)."""
+        return [c for c in self.for_device(device_id, now) if not c.answered]
+
+    def finished(self, command_id: str) -> bool:
+        """Whether a result for this command was already recorded (by any transport)."""
+        return self.closed.get(command_id) == "finished"
+
+    def answer(self, command_id: str) -> bool:
+        """Note a result seen here; False if one was seen or recorded before (a duplicate)."""
+        cmd = self.open.get(command_id)
+        if self.finished(command_id) or (cmd is not None and cmd.answered):
+            return False
+        if cmd is not None:
+            cmd.answered = True
+        return True
 
 
-class OpenCommandsFeed:
-    """Loads and follows ``events:commands`` into ``commands``."""
+def pushable(cmd: OpenCommand, now: datetime) -> bool:
+    """Whether a command may go to the device now: open, unanswered and not past its expiry."""
+    return not cmd.answered and cmd.expires_at > now
 
-    def __init__(self, redis: aioredis.Redis, stream: str, *, block_ms: int = 500) -> None:
-        self._redis = redis
-        self.stream = stream
-        self.commands = OpenCommands()
-        self.cursor = "0-0"
-        self.block_ms = block_ms
-        self.ready = asyncio.Event()
-        self._lock = asyncio.Lock()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Read the stream whole, then follow it until ``stop``; errors are logged and retried."""
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                if not self.ready.is_set():
-                    await self.catch_up(raise_errors=True)
-                    self.ready.set()
-                await self._read(block=self.block_ms)
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("open-commands feed paused: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def catch_up(self, *, raise_errors: bool = False) -> None:
-        """Read whatever the stream holds now (no waiting); serialized like the identity feed."""
-        async with self._lock:
-            try:
-                while await self._read(block=None):
-                    pass
-            except RedisError:
-                if raise_errors:
-                    raise
-
-    async def _read(self, *, block: int | None) -> int:
-        reply: Any = await self._redis.xread({self.stream: self.cursor}, count=1000, block=block)
-        n = 0
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                if entry_key(eid) <= entry_key(self.cursor):
-                    continue
-                self.cursor = eid
-                n += 1
-                try:
-                    self.commands.apply(decode_event(decode_entry(fields), REGISTRY))
-                except (UndecodableEntry, UnknownEventType):
-                    continue
-        return n
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

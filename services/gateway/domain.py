@@ -1,4 +1,4 @@
-"""The gateway's pure core: open commands per device, frames of each dialect, inbound frame rules.
+"""The gateway's pure core: outbound command frames of each dialect, inbound frame rules.
 
 No I/O and no clock: callers pass ``now``. Heartbeat checks duplicate the few rules of the agent
 protocol that ``services/telemetry/domain.py`` applies to ``POST /api/v1/agent/heartbeat`` (services
@@ -15,16 +15,8 @@ from typing import Any
 
 import msgspec
 
-from libs.events.schemas import Event
+from libs.events.open_commands import OpenCommand
 from libs.events.schemas import agent as A
-from libs.events.schemas.commands import (
-    CommandCancelled,
-    CommandDelivered,
-    CommandExpired,
-    CommandFinished,
-    CommandQueued,
-    CommandSent,
-)
 
 STATUSES = frozenset({"healthy", "degraded", "online", "offline"})
 MAX_METRICS = 64
@@ -36,108 +28,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
 _BOOT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
-
-
-# ---------------------------------------------------------------- open commands (the projection)
-
-
-@dataclass
-class OpenCommand:
-    """A command not finished, expired or cancelled yet, as the gateway pushes it."""
-
-    command_id: str
-    device_id: str
-    workspace_id: str
-    command_type: str
-    parameters: dict[str, Any]
-    created_at: datetime
-    expires_at: datetime
-    order: int
-    state: str = "queued"
-    attempts: int = 0  # the highest attempt sent so far (CommandSent events and this gateway's pushes)
-    answered: bool = False  # a result came through this gateway (not pushed again)
-
-
-@dataclass
-class CommandBook:
-    """Open commands per device, folded from ``events:commands``; remembers recently closed ones."""
-
-    remember: int = 100_000
-    open: dict[str, OpenCommand] = field(default_factory=dict)
-    by_device: dict[str, dict[str, OpenCommand]] = field(default_factory=dict)
-    closed: dict[str, str] = field(default_factory=dict)  # command id -> finished|expired|cancelled
-    _order: int = 0
-
-    def apply(self, event: Event) -> OpenCommand | None:
-        """Fold one event in; returns the command if it is newly queued (to push it)."""
-        if isinstance(event, CommandQueued):
-            return self._queued(event)
-        cmd = self.open.get(getattr(event, "command_id", ""))
-        if isinstance(event, CommandSent) and cmd is not None:
-            cmd.state = "sent" if cmd.state == "queued" else cmd.state
-            cmd.attempts = max(cmd.attempts, event.attempt)
-        elif isinstance(event, CommandDelivered) and cmd is not None:
-            cmd.state = "delivered"
-        elif isinstance(event, CommandFinished):
-            self._close(event.command_id, "finished")
-        elif isinstance(event, CommandExpired):
-            self._close(event.command_id, "expired")
-        elif isinstance(event, CommandCancelled):
-            self._close(event.command_id, "cancelled")
-        return None
-
-    def _queued(self, e: CommandQueued) -> OpenCommand | None:
-        if e.command_id in self.open or e.command_id in self.closed:
-            return None  # a redelivery, or a command closed before its queued event was read
-        self._order += 1
-        cmd = OpenCommand(
-            e.command_id,
-            e.device_id,
-            e.workspace_id,
-            e.command_type,
-            dict(e.parameters),
-            _aware(e.created_at),
-            _aware(e.expires_at),
-            self._order,
-        )
-        self.open[cmd.command_id] = cmd
-        self.by_device.setdefault(cmd.device_id, {})[cmd.command_id] = cmd
-        return cmd
-
-    def _close(self, command_id: str, how: str) -> None:
-        cmd = self.open.pop(command_id, None)
-        if cmd is not None:
-            mine = self.by_device.get(cmd.device_id, {})
-            mine.pop(command_id, None)
-            if not mine:
-                self.by_device.pop(cmd.device_id, None)
-        self.closed[command_id] = how
-        while len(self.closed) > self.remember:
-            del self.closed[next(iter(self.closed))]
-
-    def pending(self, device_id: str, now: datetime) -> list[OpenCommand]:
-        """The device's commands to push on connect, oldest first (no answered or expired ones)."""
-        mine = self.by_device.get(device_id, {}).values()
-        live = [c for c in mine if pushable(c, now)]
-        return sorted(live, key=lambda c: (c.created_at, c.order))
-
-    def finished(self, command_id: str) -> bool:
-        """Whether a result for this command was already recorded (by any transport)."""
-        return self.closed.get(command_id) == "finished"
-
-    def answer(self, command_id: str) -> bool:
-        """Note a result seen on a socket; False if one was seen or recorded before (a duplicate)."""
-        cmd = self.open.get(command_id)
-        if self.finished(command_id) or (cmd is not None and cmd.answered):
-            return False
-        if cmd is not None:
-            cmd.answered = True
-        return True
-
-
-def pushable(cmd: OpenCommand, now: datetime) -> bool:
-    """Whether a command may go to the device now: open, unanswered and not past its expiry."""
-    return not cmd.answered and cmd.expires_at > now
 
 
 def _aware(at: datetime) -> datetime:

@@ -19,6 +19,8 @@ from typing import Any
 from opentelemetry import metrics
 
 from libs.events.batching import BatchingPublisher
+from libs.events.open_commands import OpenCommand, OpenCommands, pushable
+from libs.events.open_commands_feed import OpenCommandsFeed
 from libs.events.publisher import Publisher
 from libs.events.schemas import Event
 from libs.events.schemas.gateway import (
@@ -32,12 +34,11 @@ from libs.events.schemas.telemetry import HeartbeatReceived
 from libs.events.service import ServiceHost
 
 from .config import Settings
-from .domain import Beat, CommandBook, FrameRate, OpenCommand, Outcome, pushable
-from .store import COMMANDS, CommandFeed
+from .domain import Beat, FrameRate, Outcome
 
 log = logging.getLogger(__name__)
 
-GATEWAY, HEARTBEATS = "events:gateway", "telemetry:heartbeats"
+GATEWAY, HEARTBEATS, COMMANDS = "events:gateway", "telemetry:heartbeats", "events:commands"
 
 Render = Callable[[OpenCommand, int], str]
 Send = Callable[[str], Awaitable[None]]
@@ -158,9 +159,10 @@ class Gateway:
         self.events, self.heartbeats = host.stream(GATEWAY), host.stream(HEARTBEATS)
         self.publisher = Publisher(host.redis, producer="gateway")
         self.batcher = BatchingPublisher(self.publisher, max_delay_s=0.001)
-        self.book = CommandBook(remember=s.remember_finished)
-        self.feed = CommandFeed(host.redis, host.stream(COMMANDS), self.book)
-        self.feed.on_queued = self.on_queued
+        self.book = OpenCommands(remember=s.remember_finished)
+        self.feed = OpenCommandsFeed(
+            host.redis, host.stream(COMMANDS), commands=self.book, on_queued=self.on_queued
+        )
         self.sockets: dict[str, dict[str, Connection]] = {}
         self.rate = FrameRate(s.frame_rate_per_s, s.flood_factor)
         self.unknown_tokens = FrameRate(10, 1)  # per client address: each miss re-reads the identity index

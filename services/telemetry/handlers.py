@@ -11,7 +11,8 @@ from typing import Any
 
 from libs.events.batching import BatchingPublisher
 from libs.events.http import DeviceCaller
-from libs.events.open_commands import OpenCommand, OpenCommandsFeed
+from libs.events.open_commands import OpenCommand
+from libs.events.open_commands_feed import OpenCommandsFeed
 from libs.events.publisher import Publisher
 from libs.events.schemas.telemetry import CommandsPiggybacked
 from libs.events.service import ServiceHost

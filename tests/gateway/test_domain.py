@@ -1,4 +1,4 @@
-"""The gateway's pure core: subprotocol tokens, inbound frame rules, the open-command book, rate limits."""
+"""The gateway's pure core: subprotocol tokens, inbound and outbound frames, rate limits."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.events.schemas.commands import (
-    CommandCancelled,
-    CommandExpired,
-    CommandFinished,
-    CommandQueued,
-    CommandSent,
-)
+from libs.events.open_commands import OpenCommands
+from libs.events.schemas.commands import CommandQueued
 from services.gateway import domain as d
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -84,8 +79,7 @@ def test_w_frames():
 
 
 def test_outbound_shapes():
-    book = d.CommandBook()
-    cmd = book.apply(queued("c1"))
+    cmd = OpenCommands().apply(queued("c1"))
     assert cmd is not None
     assert json.loads(d.w_command(cmd, 1)) == {"command_id": "c1", "command_type": "reboot", "parameters": {}}
     s = json.loads(d.s_command(cmd, 1))
@@ -98,40 +92,6 @@ def test_outbound_shapes():
     )
     a = json.loads(d.agent_command(cmd, 2))
     assert (a["type"], a["command_id"], a["attempt"]) == ("command", "c1", 2)
-
-
-def test_book_keeps_open_commands_oldest_first_and_forgets_closed_ones():
-    book = d.CommandBook(remember=2)
-    for event in (
-        queued("late", at=NOW + timedelta(seconds=5)),
-        queued("early"),
-        queued("other", "dev2"),
-        queued("gone", at=NOW - timedelta(hours=1), ttl=60),
-        queued("x1"),
-        queued("x2"),
-    ):
-        book.apply(event)
-    assert book.apply(queued("early")) is None  # redelivered
-    book.apply(
-        CommandSent(command_id="late", device_id="dev", workspace_id="ws", at=NOW, via="agent", attempt=3)
-    )
-    book.apply(CommandFinished(command_id="x1", device_id="dev", workspace_id="ws", status="failed", at=NOW))
-    book.apply(CommandCancelled(command_id="x2", device_id="dev", workspace_id="ws", at=NOW))
-    assert [c.command_id for c in book.pending("dev", NOW)] == ["early", "late"]
-    assert book.open["late"].attempts == 3 and book.open["late"].state == "sent"
-    assert book.finished("x1") and not book.finished("x2")
-    assert book.apply(queued("x2")) is None  # closed before its queued event was read
-    book.apply(CommandExpired(command_id="late", device_id="dev", workspace_id="ws", at=NOW))
-    assert [c.command_id for c in book.pending("dev", NOW)] == ["early"]
-    assert len(book.closed) == 2  # bounded memory of closed commands
-
-
-def test_answer_once():
-    book = d.CommandBook()
-    book.apply(queued("c1"))
-    assert book.answer("c1") is True
-    assert book.answer("c1") is False
-    assert book.pending("dev", NOW) == []  # answered: not pushed again on reconnect
 
 
 @pytest.mark.parametrize("limit", [0, 3])
