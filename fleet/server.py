@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 import uvicorn
 
@@ -106,8 +107,29 @@ def _config(hosts: Mapping[str, ServiceHost]) -> uvicorn.Config:
     # log_config=None: uvicorn logs through the launcher's logging setup.
     access_log = os.environ.get("FLEET_ACCESS_LOG", "").lower() in ("1", "true", "yes")
     return uvicorn.Config(
-        app, lifespan="on", log_config=None, timeout_graceful_shutdown=5, access_log=access_log
+        app,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        access_log=access_log,
+        **server_options(hosts),
     )
+
+
+def server_options(hosts: Mapping[str, ServiceHost]) -> dict[str, Any]:
+    """The uvicorn options the services ask for (the gateway's WebSocket limits), merged.
+
+    One server carries every service here, so two services asking for different values of one
+    option is a configuration error, not a silent pick.
+    """
+    merged: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name, host in hosts.items():
+        for key, value in host.spec.server(host.settings).items():
+            if key in merged and merged[key] != value:
+                raise CommandError(f"{owner[key]} and {name} ask for different uvicorn {key}")
+            merged[key], owner[key] = value, name
+    return merged
 
 
 async def _serve(

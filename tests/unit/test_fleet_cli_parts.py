@@ -110,3 +110,29 @@ def test_streams_json() -> None:
         "pending": 0,
         "last_delivered_id": "12-0",
     }
+
+
+def test_fleet_up_serves_with_the_gateways_websocket_limits() -> None:
+    """One uvicorn carries every service in `fleet up`: it must apply the gateway's frame limit."""
+    from types import SimpleNamespace
+
+    from fleet.config import CommandError
+    from fleet.server import server_options
+    from services.auth.main import SPEC as AUTH
+    from services.gateway.main import SPEC as GATEWAY
+
+    env = {
+        "SIGNING_KEY": "k" * 32,
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "DATABASE_URL": "postgresql://x@127.0.0.1:1/x",
+        "GATEWAY_MAX_FRAME_BYTES": "1234",
+        "GATEWAY_WS_COMPRESSION": "true",
+    }
+    hosts = {spec.name: SimpleNamespace(spec=spec, settings=spec.load(env)) for spec in (AUTH, GATEWAY)}
+    options = server_options(hosts)  # type: ignore[arg-type]
+    assert options["ws_max_size"] == 1234 and options["ws_per_message_deflate"] is True
+    assert options["ws_ping_interval"] == 20.0
+
+    other = SimpleNamespace(spec=SimpleNamespace(server=lambda _s: {"ws_max_size": 99}), settings=None)
+    with pytest.raises(CommandError, match="ws_max_size"):
+        server_options({**hosts, "other": other})  # type: ignore[arg-type]
