@@ -249,6 +249,13 @@ def _on_registered(ix: IdentityIndex, e: D.DeviceRegistered, _at: float) -> None
         _issued(ix, Credential(c.credential_id, e.device_id, e.workspace_id, c.kind, c.secret_sha256))
 
 
+def _on_rotated(ix: IdentityIndex, e: D.CredentialRotated, _at: float) -> None:
+    if e.device_id in ix.deleted_devices:
+        return  # a deleted device's credentials never come back
+    _issued(ix, Credential(e.credential_id, e.device_id, e.workspace_id, e.kind, e.secret_sha256))
+    ix.revoked_credentials.update(e.replaces)
+
+
 def _on_updated(ix: IdentityIndex, e: D.DeviceUpdated, at: float) -> None:
     if "disabled" in e.changes and ix.newer(f"disabled:{e.device_id}", at):
         (ix.disabled_devices.add if e.changes["disabled"] else ix.disabled_devices.discard)(e.device_id)
@@ -285,6 +292,7 @@ _APPLY: dict[type[Event], Callable[[IdentityIndex, Any, float], None]] = {
     A.WorkspaceCreated: _on_workspace,
     A.WorkspaceUpdated: _on_workspace,
     D.DeviceRegistered: _on_registered,
+    D.CredentialRotated: _on_rotated,
     D.DeviceUpdated: _on_updated,
     D.DeviceDeleted: _on_deleted,
 }

@@ -37,6 +37,7 @@ WANTED = frozenset(
         "auth.operator_removed.v1",
         "auth.operator_role_changed.v1",
         "device.registered.v1",
+        "device.credential_rotated.v1",
         "device.updated.v1",
         "device.deleted.v1",
     )

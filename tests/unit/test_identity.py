@@ -187,3 +187,31 @@ def test_a_registration_seen_after_its_deletion_revives_nothing() -> None:
     ix.apply(D.DeviceDeleted(device_id="d1", workspace_id="w1"))
     ix.apply(registered("s"))
     assert ix.credential("s", "api_key") is None and "d1" not in ix.devices
+
+
+def test_a_rotation_by_the_registry_replaces_the_old_secret() -> None:
+    ix = IdentityIndex()
+    old, new = new_secret(), new_secret()
+    ix.apply(registered(old, kind="secret"))
+
+    def rotated(device_id: str = "d1") -> D.CredentialRotated:
+        return D.CredentialRotated(
+            device_id=device_id,
+            workspace_id="w1",
+            credential_id="c2",
+            kind="secret",
+            secret_sha256=secret_hash(new),
+            replaces=["c-d1-secret"],
+        )
+
+    ix.apply(rotated())
+    assert ix.credential(old, "secret", "d1") is None
+    cred = ix.credential(new, "secret", "d1")
+    assert cred is not None and cred.credential_id == "c2"
+    with pytest.raises(TokenError):  # sessions opened with the old secret die with it
+        ix.check(claims(cid="c-d1-secret"))
+    # a rotation seen after the device's deletion revives nothing
+    gone = IdentityIndex()
+    gone.apply(D.DeviceDeleted(device_id="d1", workspace_id="w1"))
+    gone.apply(rotated())
+    assert gone.credential(new, "secret") is None

@@ -1,6 +1,7 @@
 """Events published by the device service on ``events:device``.
 
-``by`` names who acted: an operator id, ``enrolment`` (open enrolment), or ``system``.
+``by`` names who acted: an operator id, ``enrolment`` (open enrolment, or an agent presenting an
+enrolment token), or ``system``. Enrolment tokens and device secrets appear only as SHA-256.
 """
 
 from __future__ import annotations
@@ -84,6 +85,65 @@ class PresenceTimingSet(Event, frozen=True, tag="device.presence_timing_set.v1")
     by: str = "system"
 
 
+class EnrolmentTokenCreated(Event, frozen=True, tag="device.enrolment_token_created.v1"):
+    """An operator created an enrolment token: agents presenting it register themselves.
+
+    ``secret_sha256`` is the token's SHA-256 (the token itself is shown once, to its creator). The
+    devices it enrols get ``device_type``, ``site_id``, ``groups`` and ``labels``.
+    """
+
+    token_id: str
+    workspace_id: str
+    secret_sha256: str
+    max_uses: int
+    expires_at: datetime
+    name: str | None = None
+    site_id: str | None = None
+    device_type: str = "linux_server"
+    groups: list[str] = []
+    labels: dict[str, str] = {}
+    by: str = "system"
+
+
+class EnrolmentTokenRevoked(Event, frozen=True, tag="device.enrolment_token_revoked.v1"):
+    """An enrolment token was revoked: it enrols nothing more (devices it enrolled stay)."""
+
+    token_id: str
+    workspace_id: str
+    by: str = "system"
+
+
+class EnrolmentTokenUsed(Event, frozen=True, tag="device.enrolment_token_used.v1"):
+    """An agent enrolled with a token: one use counted (``uses`` after it), for a new device.
+
+    ``agent_sha256`` is the SHA-256 of the agent's own id (its retry key, kept out of the log).
+    A retry by the same agent is not a use: it is a ``device.credential_rotated.v1``.
+    """
+
+    token_id: str
+    workspace_id: str
+    device_id: str
+    agent_sha256: str
+    uses: int
+    by: str = "enrolment"
+
+
+class CredentialRotated(Event, frozen=True, tag="device.credential_rotated.v1"):
+    """The registry gave a device a new credential; those in ``replaces`` stop working.
+
+    Sent when an agent enrols again with the same token and agent id (it lost the first answer):
+    same device, a fresh secret, the old one refused everywhere.
+    """
+
+    device_id: str
+    workspace_id: str
+    credential_id: str
+    kind: str
+    secret_sha256: str
+    replaces: list[str] = []
+    by: str = "enrolment"
+
+
 EVENTS: tuple[type[Event], ...] = (
     DeviceRegistered,
     DeviceUpdated,
@@ -91,4 +151,8 @@ EVENTS: tuple[type[Event], ...] = (
     SiteCreated,
     DeviceStatusChanged,
     PresenceTimingSet,
+    EnrolmentTokenCreated,
+    EnrolmentTokenRevoked,
+    EnrolmentTokenUsed,
+    CredentialRotated,
 )
