@@ -1,0 +1,384 @@
+"""The agent's command handlers, in an explicit registry from command type to handler.
+
+A handler returns a ``CommandOutcome`` or raises: ``CommandFailed`` for a refusal it explains, any
+other exception for a failure reported by its message alone (never a traceback). The registry times
+every run and clips what goes back to the server's limits, so no outcome is ever refused there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# The server's limits are in bytes of UTF-8 (output 10 KiB, error 5 KiB, result 64 KiB of JSON);
+# clipping by bytes at 10,000 / 5,000 keeps within both them and the documented character counts.
+MAX_OUTPUT = 10_000
+MAX_ERROR = 5_000
+MAX_RESULT = 60_000
+MAX_ECHO = 4_096
+LOG_LINES_DEFAULT, LOG_LINES_MAX = 100, 1_000
+_LOG_READ_BYTES = 256 * 1024  # a tail of 1,000 lines never needs more than this of each file
+SCRIPT_TIMEOUT_DEFAULT_S, SCRIPT_TIMEOUT_MAX_S = 30.0, 300.0
+_SCRIPT_MAX_ARGS, _SCRIPT_MAX_ARG = 64, 4_096
+_KILL_GRACE_S = 2.0  # after a kill, how long the pipes may take to close
+REBOOT_COMMANDS: tuple[tuple[str, ...], ...] = (("systemctl", "reboot"), ("/sbin/reboot",))
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What handlers may use of the running agent."""
+
+    mock: bool
+    state_dir: Path
+    scripts_dir: Path
+    request_restart: Callable[[], None]
+    apply_config: Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """A command's result as reported to the server."""
+
+    status: str  # "succeeded" | "failed"
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    output: str | None = None
+    duration_ms: float = 0.0
+
+
+class CommandFailed(Exception):
+    """A handler's refusal or failure, with the message the operator sees."""
+
+    def __init__(self, message: str, *, output: str | None = None, result: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.output, self.result = output, result
+
+
+Handler = Callable[[dict[str, Any], CommandContext], Awaitable[CommandOutcome]]
+
+
+def succeeded(result: dict[str, Any] | None = None, output: str | None = None) -> CommandOutcome:
+    """A successful outcome."""
+    return CommandOutcome("succeeded", result=result, output=output)
+
+
+def clip(text: str | None, limit: int, *, keep_end: bool = False) -> str | None:
+    """``text`` without NULs, cut to ``limit`` bytes of UTF-8 (its start, or its end for logs)."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "")  # Postgres text cannot hold NUL
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    cut = data[-limit:] if keep_end else data[:limit]
+    return cut.decode(errors="ignore")
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON (what the server measures)."""
+    return len(json.dumps(value, default=str, ensure_ascii=False).encode())
+
+
+def within_limits(outcome: CommandOutcome) -> CommandOutcome:
+    """``outcome`` clipped to the server's limits; a result too large becomes a note of its size."""
+    result = outcome.result
+    if result is not None:
+        try:
+            encoded = json.dumps(result, default=str, ensure_ascii=False)  # Paths, tuples: JSON-safe
+        except (TypeError, ValueError):  # circular, or keys JSON cannot have
+            encoded = '{"unencodable": true}'
+        size = len(encoded.encode())
+        result = {"truncated": True, "bytes": size} if size > MAX_RESULT else json.loads(encoded)
+    return replace(
+        outcome, result=result, error=clip(outcome.error, MAX_ERROR), output=clip(outcome.output, MAX_OUTPUT)
+    )
+
+
+class CommandRegistry:
+    """Command type -> handler; runs one command into an outcome that never raises."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, name: str, handler: Handler) -> None:
+        """Handle commands of type ``name`` with ``handler`` (replacing any earlier one)."""
+        self._handlers[name] = handler
+
+    def names(self) -> list[str]:
+        """The command types this registry handles."""
+        return sorted(self._handlers)
+
+    async def run(self, command_type: str, parameters: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+        """Run a command; failures of any kind become a ``failed`` outcome, timed and clipped."""
+        started = time.monotonic()
+        outcome = await self._outcome(command_type, parameters, ctx)
+        return within_limits(replace(outcome, duration_ms=(time.monotonic() - started) * 1000))
+
+    async def _outcome(self, command_type: str, parameters: Any, ctx: CommandContext) -> CommandOutcome:
+        handler = self._handlers.get(command_type)
+        if handler is None:
+            return CommandOutcome("failed", error=f"unknown command type: {command_type!r:.100}")
+        try:
+            return await handler(parameters if isinstance(parameters, dict) else {}, ctx)
+        except CommandFailed as e:
+            return CommandOutcome("failed", error=str(e), output=e.output, result=e.result)
+        except Exception as e:  # a handler bug is the command's failure, not the agent's
+            return CommandOutcome("failed", error=f"{type(e).__name__}: {e}")
+
+
+# ---- handlers ---------------------------------------------------------------------------------------
+
+
+async def ping(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+    """Answer at once, echoing small parameters."""
+    result: dict[str, Any] = {"pong": True, "at": datetime.now(UTC).isoformat()}
+    size = json_size(params)
+    if size <= MAX_ECHO:
+        result["echo"] = params
+    else:
+        result["echo_omitted_bytes"] = size
+    return succeeded(result)
+
+
+async def restart(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+    """Ask the runner to restart the agent (after this result is sent)."""
+    ctx.request_restart()
+    return succeeded({"restart": "scheduled"})
+
+
+async def reboot(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+    """Reboot the device: needs ``confirm: true``; faked in mock mode; real only when allowed."""
+    if params.get("confirm") is not True:
+        raise CommandFailed('reboot needs parameters {"confirm": true}')
+    if ctx.mock:
+        return succeeded({"rebooted": False, "mock": True})
+    if os.environ.get("FLEET_AGENT_ALLOW_REBOOT", "").strip().lower() != "true":
+        raise CommandFailed("reboot is not allowed on this device (set FLEET_AGENT_ALLOW_REBOOT=true)")
+    argv = next((a for a in REBOOT_COMMANDS if shutil.which(a[0])), None)
+    if argv is None:
+        raise CommandFailed("no reboot command found (systemctl, /sbin/reboot)")
+    run = await run_process(list(argv), timeout_s=30.0, cwd=ctx.state_dir)
+    if run.exit_code != 0:
+        raise CommandFailed(f"{' '.join(argv)} exited {run.exit_code}: {run.stderr}".strip())
+    return succeeded({"rebooted": True, "mock": False, "command": list(argv)})
+
+
+def validate_config(params: dict[str, Any]) -> dict[str, Any]:
+    """The known config keys of ``params``, normalised; raises CommandFailed naming every problem."""
+    config = params["config"] if set(params) == {"config"} else params  # flat, or under "config"
+    if not isinstance(config, dict) or not config:
+        raise CommandFailed("update_config needs at least one setting")
+    problems = [f"{k}: unknown setting" for k in sorted(config, key=str) if k not in _CONFIG_RULES]
+    out: dict[str, Any] = {}
+    for key, check in _CONFIG_RULES.items():
+        if key in config:
+            value, problem = check(config[key])
+            out[key] = value
+            if problem:
+                problems.append(f"{key}: {problem}")
+    if problems:
+        raise CommandFailed("; ".join(problems))
+    return out
+
+
+def _interval(v: Any) -> tuple[Any, str | None]:
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and 1 <= v <= 3600
+    return v, None if ok else "a number of seconds within 1..3600"
+
+
+def _log_level(v: Any) -> tuple[Any, str | None]:
+    level = v.upper() if isinstance(v, str) else v
+    return level, None if level in LOG_LEVELS else f"one of {', '.join(LOG_LEVELS)}"
+
+
+def _metric_names(v: Any) -> tuple[Any, str | None]:
+    ok = isinstance(v, list) and len(v) <= 64 and all(isinstance(n, str) and _METRIC_NAME.match(n) for n in v)
+    return (list(dict.fromkeys(v)) if ok else v), None if ok else "a list of at most 64 metric names"
+
+
+_CONFIG_RULES: dict[str, Callable[[Any], tuple[Any, str | None]]] = {
+    "heartbeat_interval_s": _interval,
+    "log_level": _log_level,
+    "metrics": _metric_names,
+}
+
+
+async def update_config(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+    """Validate the settings, then have the runner apply (and keep) them."""
+    return succeeded({"applied": ctx.apply_config(validate_config(params))})
+
+
+def _bounded_int(v: Any, default: int, lo: int, hi: int, what: str) -> int:
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CommandFailed(f"{what}: an integer")
+    return min(max(v, lo), hi)
+
+
+def tail_logs(state_dir: Path, lines: int) -> tuple[list[str], str]:
+    """The last ``lines`` lines of each ``*.log`` in ``state_dir`` (and ``logs/``), tail-style."""
+    files = sorted([*state_dir.glob("*.log"), *state_dir.glob("logs/*.log")], key=lambda p: p.stat().st_mtime)
+    parts = []
+    for path in files:
+        with path.open("rb") as f:
+            f.seek(max(path.stat().st_size - _LOG_READ_BYTES, 0))
+            tail = f.read().decode(errors="replace").splitlines()[-lines:]
+        parts.append(f"==> {path.relative_to(state_dir)} <==\n" + "\n".join(tail))
+    return [str(p.relative_to(state_dir)) for p in files], "\n".join(parts)
+
+
+async def collect_logs(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+    """The tail of the agent's log files; the newest lines are kept when the output is clipped."""
+    lines = _bounded_int(params.get("lines"), LOG_LINES_DEFAULT, 1, LOG_LINES_MAX, "lines")
+    files, text = await asyncio.to_thread(tail_logs, ctx.state_dir, lines)
+    if not files:
+        raise CommandFailed(f"no log files in {ctx.state_dir}")
+    return succeeded({"files": files, "lines": lines}, output=clip(text, MAX_OUTPUT, keep_end=True))
+
+
+# ---- run_script -------------------------------------------------------------------------------------
+
+
+def script_path(scripts_dir: Path, name: Any) -> Path:
+    """The executable ``name`` directly inside ``scripts_dir``; raises CommandFailed for anything else."""
+    if not isinstance(name, str) or not name or name.startswith(".") or "\x00" in name or len(name) > 255:
+        raise CommandFailed("name: a file name inside the scripts directory")
+    if any(sep in name for sep in ("/", "\\", os.sep, os.altsep) if sep):
+        raise CommandFailed("name: no path separators")
+    try:
+        base = scripts_dir.resolve(strict=True)
+        path = (scripts_dir / name).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise CommandFailed(f"no script named {name!r}") from None
+    if path.parent != base or not path.is_file():  # a symlink may point anywhere: judge its target
+        raise CommandFailed(f"{name!r} is not a script of the scripts directory")
+    if not os.access(path, os.X_OK):
+        raise CommandFailed(f"{name!r} is not executable")
+    if path.stat().st_mode & 0o002:  # anyone on the device could change what it runs
+        raise CommandFailed(f"{name!r} is writable by everyone")
+    return path
+
+
+def script_args(args: Any) -> list[str]:
+    """The script's arguments: at most 64 strings, each at most 4,096 characters, no NULs."""
+    if args is None:
+        return []
+    ok = isinstance(args, list) and len(args) <= _SCRIPT_MAX_ARGS
+    if not ok or not all(isinstance(a, str) and len(a) <= _SCRIPT_MAX_ARG and "\x00" not in a for a in args):
+        raise CommandFailed(f"args: a list of at most {_SCRIPT_MAX_ARGS} strings")
+    return list(args)
+
+
+def script_timeout(v: Any) -> float:
+    """The timeout in seconds: default 30, at most 300."""
+    if v is None:
+        return SCRIPT_TIMEOUT_DEFAULT_S
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        raise CommandFailed("timeout_s: a positive number of seconds")
+    return min(float(v), SCRIPT_TIMEOUT_MAX_S)
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """What a finished (or killed) process left: exit code and the start of its output."""
+
+    exit_code: int
+    timed_out: bool
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+
+
+class _Capture:
+    """A pipe read to its end, keeping its first ``keep`` bytes (a chatty process costs no memory)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep, self.kept, self.total = keep, bytearray(), 0
+
+    async def drain(self, stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and (chunk := await stream.read(65536)):
+            self.total += len(chunk)
+            self.kept += chunk[: max(self.keep - len(self.kept), 0)]
+
+    def text(self) -> str:
+        return self.kept.decode(errors="replace")
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the group: children the script started die with it
+
+
+async def run_process(argv: list[str], *, timeout_s: float, cwd: Path) -> ProcessRun:
+    """Run ``argv`` without a shell in its own process group; kill the group at the timeout."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True,
+    )  # fmt: skip
+    out, err = _Capture(MAX_OUTPUT * 2), _Capture(MAX_ERROR * 2)
+    reads = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
+    timed_out = False
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(reads)
+            await proc.wait()
+    except TimeoutError:
+        timed_out = True
+    finally:  # also on cancellation: never leave the script running
+        if proc.returncode is None:
+            _kill_group(proc)
+        if not timed_out and not reads.done():
+            reads.cancel()
+    with contextlib.suppress(TimeoutError):  # a process that left the group may still hold a pipe
+        await asyncio.wait_for(reads, _KILL_GRACE_S)
+    code = await proc.wait()
+    return ProcessRun(code, timed_out, out.text(), err.text(), out.total, err.total)
+
+
+async def run_script(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+    """Run an allow-listed script of ``ctx.scripts_dir`` (also in mock mode: the list is the guard)."""
+    path = script_path(ctx.scripts_dir, params.get("name"))
+    args, timeout_s = script_args(params.get("args")), script_timeout(params.get("timeout_s"))
+    run = await run_process([str(path), *args], timeout_s=timeout_s, cwd=path.parent)
+    result = {
+        "exit_code": run.exit_code, "timed_out": run.timed_out, "timeout_s": timeout_s,
+        "stdout_bytes": run.stdout_bytes, "stderr_bytes": run.stderr_bytes,
+        "output_truncated": run.stdout_bytes > MAX_OUTPUT,
+    }  # fmt: skip
+    if run.timed_out:
+        raise CommandFailed(f"timed out after {timeout_s:g} s", output=run.stdout, result=result)
+    if run.exit_code != 0:
+        raise CommandFailed(
+            f"exit code {run.exit_code}: {run.stderr}".strip(), output=run.stdout, result=result
+        )
+    return succeeded({**result, "stderr": clip(run.stderr, MAX_ERROR)}, output=run.stdout)
+
+
+def default_registry() -> CommandRegistry:
+    """The agent's built-in commands."""
+    registry = CommandRegistry()
+    for name, handler in (
+        ("ping", ping),
+        ("restart", restart),
+        ("reboot", reboot),
+        ("update_config", update_config),
+        ("collect_logs", collect_logs),
+        ("run_script", run_script),
+    ):
+        registry.register(name, handler)
+    return registry
