@@ -32,6 +32,8 @@ ROUTES: tuple[Route, ...] = (
     ("/api/v1/devices", "device"),
     ("/api/v1/sites", "device"),
     ("/api/v1/presence", "device"),
+    ("/api/v1/enrolment-tokens", "device"),
+    ("/api/v1/agent/enrol", "device"),
     ("/api/devices", "device"),
     # commands: operator queue/history/cancel, K polling and status, S results, W command routes
     ("/api/v1/commands", "commands"),

@@ -6,16 +6,20 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from libs.events.schemas import Event
 from libs.events.schemas.device import (
+    CredentialRotated,
     DeviceDeleted,
     DeviceRegistered,
     DeviceUpdated,
+    EnrolmentTokenCreated,
+    EnrolmentTokenRevoked,
+    EnrolmentTokenUsed,
     InitialCredential,
     SiteCreated,
 )
@@ -26,6 +30,13 @@ _ID_RE = re.compile(ID_PATTERN)
 MAX_METADATA_BYTES = 16_384
 MAX_DEPTH = 16
 ENROLMENT = "enrolment"
+# Paths under /api/v1/devices/ that belong to other routes (K's pending list and registration, bulk
+# creation): no device may have these ids, or its own routes would be unreachable.
+RESERVED_IDS = frozenset({"pending", "sites", "bulk"})
+MAX_TOKEN_USES = 100_000
+MAX_TOKEN_TTL_S = 30 * 86_400
+MAX_BULK = 1000
+AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}\Z"
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
@@ -70,6 +81,43 @@ class EnrolDevice(msgspec.Struct, kw_only=True):
     device_type: DeviceType
     ip_address: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     config: dict[str, Any] | None = None
+
+
+class BulkDevices(msgspec.Struct, kw_only=True):
+    """Operator bulk registration (``POST /api/v1/devices/bulk``): ``count`` devices named
+    ``<name_prefix>-<n>``, ``n`` from ``start``."""
+
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_BULK)]
+    name_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+    device_type: DeviceType
+    site_id: Id | None = None
+    groups: Groups = []
+    labels: Labels = {}
+    credentials: Annotated[list[Kind], msgspec.Meta(min_length=1, max_length=3)] = msgspec.field(
+        default_factory=lambda: ["secret"]
+    )
+    start: Annotated[int, msgspec.Meta(ge=1, le=999_999_999)] = 1
+
+
+class NewEnrolmentToken(msgspec.Struct, kw_only=True):
+    """An enrolment token (``POST /api/v1/enrolment-tokens``) and what its devices get."""
+
+    name: Name | None = None
+    site_id: Id | None = None
+    device_type: DeviceType = "linux_server"
+    groups: Groups = []
+    labels: Labels = {}
+    max_uses: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKEN_USES)] = 1
+    ttl_s: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKEN_TTL_S)] = 86_400
+
+
+class AgentEnrol(msgspec.Struct, kw_only=True):
+    """An agent enrolling itself (``POST /api/v1/agent/enrol``); ``agent_id`` is its retry key."""
+
+    enrolment_token: str
+    agent_id: Annotated[str, msgspec.Meta(pattern=AGENT_ID_PATTERN)]
+    name: Name | None = None
+    device_type: DeviceType | None = None
 
 
 class WNewDevice(msgspec.Struct, kw_only=True):
@@ -141,6 +189,33 @@ class Site:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class EnrolmentToken:
+    """An enrolment token as the registry keeps it (its secret only as SHA-256, elsewhere)."""
+
+    token_id: str
+    workspace_id: str
+    name: str | None
+    site_id: str | None
+    device_type: str
+    groups: list[str]
+    labels: dict[str, str]
+    max_uses: int
+    uses: int
+    expires_at: datetime
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+    def state(self, now: datetime) -> str:
+        """``revoked``, ``expired``, ``used_up`` or ``active``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return "used_up" if self.uses >= self.max_uses else "active"
+
+
 T = TypeVar("T", bound=msgspec.Struct)
 _encoder = msgspec.json.Encoder()
 
@@ -154,14 +229,14 @@ def parse(cls: type[T], data: Any) -> T:
     except msgspec.ValidationError as exc:
         raise DomainError("invalid", "VALIDATION_ERROR", str(exc)) from None
     check_values(data)
-    for name in ("name", "metadata", "config"):
+    for name in ("name", "name_prefix", "metadata", "config"):
         _check_field(name, getattr(cmd, name, None))
     return cmd
 
 
 def _check_field(field: str, value: Any) -> None:
-    if field == "name" and isinstance(value, str) and not value.strip():
-        raise DomainError("invalid", "VALIDATION_ERROR", "name: must not be blank")
+    if field in ("name", "name_prefix") and isinstance(value, str) and not value.strip():
+        raise DomainError("invalid", "VALIDATION_ERROR", f"{field}: must not be blank")
     big = isinstance(value, dict) and len(_encoder.encode(value)) > MAX_METADATA_BYTES
     if field in ("metadata", "config") and big:
         raise DomainError("invalid", "VALIDATION_ERROR", f"{field}: over {MAX_METADATA_BYTES} bytes")
@@ -208,6 +283,8 @@ def decide_register(
     device: Device, *, taken: bool, credentials: list[InitialCredential], by: str
 ) -> list[Event]:
     """Register a new device; its id is refused if any device (even a deleted one) ever had it."""
+    if device.device_id in RESERVED_IDS:
+        raise DomainError("invalid", "VALIDATION_ERROR", f"device_id: {device.device_id!r} is reserved")
     if taken:
         raise DomainError("conflict", "DEVICE_EXISTS", f"device {device.device_id} already exists")
     return [
@@ -267,3 +344,109 @@ def patch_fields(patch: DevicePatch | WDevicePatch) -> dict[str, Any]:
     if "metadata" in out and out["metadata"] is None:
         out["metadata"] = {}
     return out
+
+
+def new_token(
+    cmd: NewEnrolmentToken, *, token_id: str, workspace_id: str, by: str, now: datetime
+) -> EnrolmentToken:
+    """The token a creation command describes, unused."""
+    return EnrolmentToken(
+        token_id=token_id,
+        workspace_id=workspace_id,
+        name=cmd.name,
+        site_id=cmd.site_id,
+        device_type=cmd.device_type,
+        groups=list(cmd.groups),
+        labels=dict(cmd.labels),
+        max_uses=cmd.max_uses,
+        uses=0,
+        expires_at=now + timedelta(seconds=cmd.ttl_s),
+        created_at=now,
+        created_by=by,
+    )
+
+
+def decide_create_token(token: EnrolmentToken, *, secret_sha256: str) -> list[Event]:
+    """Announce a new enrolment token (its hash only)."""
+    return [
+        EnrolmentTokenCreated(
+            token_id=token.token_id,
+            workspace_id=token.workspace_id,
+            secret_sha256=secret_sha256,
+            max_uses=token.max_uses,
+            expires_at=token.expires_at,
+            name=token.name,
+            site_id=token.site_id,
+            device_type=token.device_type,
+            groups=token.groups,
+            labels=token.labels,
+            by=token.created_by,
+        )
+    ]
+
+
+def decide_revoke_token(
+    token: EnrolmentToken, *, by: str, now: datetime
+) -> tuple[EnrolmentToken, list[Event]]:
+    """Revoke a token; revoking it again changes nothing (no event)."""
+    if token.revoked_at is not None:
+        return token, []
+    event = EnrolmentTokenRevoked(token_id=token.token_id, workspace_id=token.workspace_id, by=by)
+    return dataclasses.replace(token, revoked_at=now), [event]
+
+
+def invalid_token() -> DomainError:
+    """The one answer for an unknown, expired, revoked or used-up token (no oracle)."""
+    return DomainError("unauthorized", "INVALID_ENROLMENT_TOKEN", "invalid enrolment token")
+
+
+def decide_enrol(token: EnrolmentToken | None, *, enrolled: str | None, now: datetime) -> str:
+    """``retry`` (the agent already has a live device from this token) or ``new``; else refused.
+
+    A retry needs a token that is neither revoked nor expired, but does not need a use left: the
+    use was counted by the first enrolment.
+    """
+    if token is None or token.state(now) in ("revoked", "expired"):
+        raise invalid_token()
+    if enrolled is not None:
+        return "retry"
+    if token.state(now) == "used_up":
+        raise invalid_token()
+    return "new"
+
+
+def decide_token_used(
+    token: EnrolmentToken, *, device_id: str, agent_sha256: str
+) -> tuple[EnrolmentToken, list[Event]]:
+    """Count one use of a token for a newly enrolled device."""
+    used = dataclasses.replace(token, uses=token.uses + 1)
+    event = EnrolmentTokenUsed(
+        token_id=token.token_id,
+        workspace_id=token.workspace_id,
+        device_id=device_id,
+        agent_sha256=agent_sha256,
+        uses=used.uses,
+    )
+    return used, [event]
+
+
+def decide_rotate(
+    device_id: str, workspace_id: str, credential: InitialCredential, *, replaces: list[str], by: str
+) -> list[Event]:
+    """Give a device a fresh credential; ``replaces`` stop working everywhere."""
+    return [
+        CredentialRotated(
+            device_id=device_id,
+            workspace_id=workspace_id,
+            credential_id=credential.credential_id,
+            kind=credential.kind,
+            secret_sha256=credential.secret_sha256,
+            replaces=[c for c in dict.fromkeys(replaces) if c != credential.credential_id],
+            by=by,
+        )
+    ]
+
+
+def bulk_names(prefix: str, count: int, start: int = 1) -> list[str]:
+    """``<prefix>-00001`` ... (``start`` first; five digits at least, so names sort as numbered)."""
+    return [f"{prefix}-{n:05d}" for n in range(start, start + count)]

@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -64,6 +64,24 @@ def mint(kinds: Sequence[str]) -> tuple[list[InitialCredential], dict[str, str]]
     return creds, secrets
 
 
+def build_device(spec: NewDeviceSpec, device_id: str, workspace_id: str, now: datetime) -> Device:
+    """A new device of the workspace as ``spec`` describes it."""
+    return Device(
+        device_id=device_id,
+        workspace_id=workspace_id,
+        name=spec.name,
+        device_type=spec.device_type,
+        site_id=spec.site_id,
+        groups=list(spec.groups),
+        labels=dict(spec.labels),
+        metadata=dict(spec.metadata),
+        disabled=False,
+        created_at=now,
+        updated_at=now,
+        ip_address=spec.ip_address,
+    )
+
+
 class Registry:
     """The registry's use-cases over the host's pool and Redis (bound lazily: pools open at start)."""
 
@@ -94,21 +112,7 @@ class Registry:
         self, workspace_id: str, by: str, spec: NewDeviceSpec
     ) -> tuple[Device, dict[str, str]]:
         """Register a device with fresh credentials; returns it and the secrets (shown once)."""
-        now = datetime.now(UTC)
-        device = Device(
-            device_id=spec.device_id or str(uuid.uuid4()),
-            workspace_id=workspace_id,
-            name=spec.name,
-            device_type=spec.device_type,
-            site_id=spec.site_id,
-            groups=list(spec.groups),
-            labels=dict(spec.labels),
-            metadata=dict(spec.metadata),
-            disabled=False,
-            created_at=now,
-            updated_at=now,
-            ip_address=spec.ip_address,
-        )
+        device = build_device(spec, spec.device_id or str(uuid.uuid4()), workspace_id, datetime.now(UTC))
         creds, secrets = mint(spec.kinds)
         async with self.outbox.transaction() as tx:
             conn = tx.conn
@@ -121,6 +125,36 @@ class Registry:
             tx.emit(events)
         log.info("device %s registered in workspace %s by %s", device.device_id, workspace_id, by)
         return device, secrets
+
+    async def register_many(
+        self, workspace_id: str, by: str, specs: Sequence[NewDeviceSpec]
+    ) -> list[tuple[Device, dict[str, str]]]:
+        """Register devices in one transaction (server ids), one ``device.registered.v1`` each."""
+        now = datetime.now(UTC)
+        # a microsecond apart, so listings (newest first) keep the order the devices were asked in
+        made = [
+            (
+                build_device(spec, str(uuid.uuid4()), workspace_id, now + timedelta(microseconds=i)),
+                mint(spec.kinds),
+            )
+            for i, spec in enumerate(specs)
+        ]
+        async with self.outbox.transaction() as tx:
+            checked: set[str] = set()
+            for spec in specs:
+                if spec.site_id is not None and spec.site_id not in checked:
+                    check_site(spec.site_id, await store.get_site(tx.conn, spec.site_id), workspace_id)
+                    checked.add(spec.site_id)
+            events = [
+                e
+                for device, (creds, _s) in made
+                for e in decide_register(device, taken=False, credentials=creds, by=by)
+            ]
+            if await store.insert_devices(tx.conn, [d for d, _c in made]) != len(made):
+                raise DomainError("conflict", "DEVICE_EXISTS", "a generated device id was taken; retry")
+            tx.emit(events)
+        log.info("%d devices registered in workspace %s by %s", len(made), workspace_id, by)
+        return [(device, secrets) for device, (_c, secrets) in made]
 
     async def update(self, workspace_id: str, device_id: str, fields: dict[str, Any], by: str) -> Device:
         """Change registry fields of a device (only real changes become an event)."""

@@ -88,6 +88,30 @@ async def insert_device(conn: Conn, d: Device) -> bool:
     return row is not None
 
 
+async def insert_devices(conn: Conn, devices: list[Device]) -> int:
+    """Insert new devices in one statement; returns how many were inserted (a taken id is skipped)."""
+    status = await conn.execute(
+        "INSERT INTO devices (device_id, workspace_id, name, device_type, site_id, groups, labels, "
+        "metadata, disabled, created_at, updated_at, ip_address) "
+        "SELECT t.device_id, t.workspace_id, t.name, t.device_type, t.site_id, "
+        "ARRAY(SELECT jsonb_array_elements_text(t.groups)), t.labels, t.metadata, false, t.at, t.at, NULL "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], "
+        "$8::jsonb[], $9::timestamptz[]) "
+        "AS t(device_id, workspace_id, name, device_type, site_id, groups, labels, metadata, at) "
+        "ON CONFLICT (device_id) DO NOTHING",
+        [d.device_id for d in devices],
+        [d.workspace_id for d in devices],
+        [d.name for d in devices],
+        [d.device_type for d in devices],
+        [d.site_id for d in devices],
+        [_json(d.groups) for d in devices],  # text[] cannot be unnested per row: a JSON array each
+        [_json(d.labels) for d in devices],
+        [_json(d.metadata) for d in devices],
+        [d.created_at for d in devices],
+    )
+    return int(status.split()[-1])
+
+
 async def update_device(conn: Conn, d: Device) -> None:
     """Store the editable fields of a device."""
     await conn.execute(

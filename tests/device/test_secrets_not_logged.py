@@ -53,3 +53,36 @@ async def test_minted_secrets_never_appear_in_logs(world: World, caplog: pytest.
     dump += str(await world.host.redis.xrange(world.prefix + "events:device"))  # type: ignore[union-attr]
     for secret in shown:
         assert secret not in dump
+
+
+async def test_enrolment_tokens_and_agent_secrets_never_appear_in_logs(
+    world: World, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    ws = await world.workspace()
+    made = await world.client.post("/api/v1/enrolment-tokens", json={"max_uses": 2}, headers=world.auth(ws))
+    token = made.json()["token"]
+    agent = "agent-" + uid()
+    shown = [token, agent]
+    for _ in range(2):  # enrol, then a retry (rotation)
+        resp = await world.client.post(
+            "/api/v1/agent/enrol", json={"enrolment_token": token, "agent_id": agent}
+        )
+        shown.append(resp.json()["device_secret"])
+    bulk = await world.client.post(
+        "/api/v1/devices/bulk",
+        json={"count": 2, "name_prefix": "b", "device_type": "virtual"},
+        headers=world.auth(ws),
+    )
+    shown += [i["credentials"]["secret"] for i in bulk.json()["items"]]
+    await world.client.delete(f"/api/v1/enrolment-tokens/{made.json()['token_id']}", headers=world.auth(ws))
+    assert any("enrolled" in r.getMessage() for r in caplog.records)
+    for secret in shown:
+        assert secret not in caplog.text
+    assert world.host.pool is not None
+    dump = ""
+    for table in ("devices", "outbox", "enrolment_tokens", "enrolment_agents"):
+        dump += "".join(str(dict(r)) for r in await world.host.pool.fetch(f"SELECT * FROM {table}"))
+    dump += str(await world.host.redis.xrange(world.prefix + "events:device"))  # type: ignore[union-attr]
+    for secret in shown:
+        assert secret not in dump

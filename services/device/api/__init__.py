@@ -7,11 +7,11 @@ from fastapi import APIRouter
 from libs.events.service import ServiceHost
 
 from ..handlers import Registry
-from . import k, operator, w
+from . import enrolment, k, operator, w
 from .common import Api
 
 
 def routers(host: ServiceHost) -> list[APIRouter]:
     """Every router of the device service (K's fixed paths first: they share a prefix)."""
     api = Api(host, Registry(host))
-    return [k.router(api), operator.router(api), w.router(api)]
+    return [k.router(api), operator.router(api), w.router(api), enrolment.router(api)]

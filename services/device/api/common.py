@@ -14,13 +14,11 @@ from libs.events.http import ApiError, Identity, Operator, json_body
 from libs.events.ratelimit import RateLimiter
 from libs.events.service import ServiceHost
 
-from ..domain import Device, DomainError, Site, is_id
+from ..domain import RESERVED_IDS, Device, DomainError, Site, is_id
 from ..handlers import Registry
 
 WRITERS = ("owner", "operator")
-# Paths under /api/v1/devices/ that belong to other routes (K's pending list and registration).
-RESERVED_IDS = frozenset({"pending", "sites"})
-_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403}
+_STATUS = {"invalid": 400, "unauthorized": 401, "not_found": 404, "conflict": 409, "forbidden": 403}
 Limit = Annotated[int, Query(ge=0, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 

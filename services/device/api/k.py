@@ -27,9 +27,10 @@ async def enroller(api: Api, request: Request, site: Site) -> str:
     return ENROLMENT
 
 
-async def limit_anonymous(api: Api, request: Request) -> None:
-    """Count an unauthenticated attempt against the client address (before any other work)."""
-    if request.headers.get("authorization"):
+async def limit_anonymous(api: Api, request: Request, *, always: bool = False) -> None:
+    """Count an unauthenticated attempt (or, ``always``, any attempt) against the client address,
+    before any other work."""
+    if request.headers.get("authorization") and not always:
         return
     address = request.client.host if request.client else "unknown"
     verdict = await api.limiter().hit(address)

@@ -11,7 +11,17 @@ from fastapi.responses import JSONResponse, Response
 from libs.events.http import ApiError
 
 from ..config import Settings
-from ..domain import DevicePatch, NewDevice, NewSite, Site, is_id, parse, patch_fields
+from ..domain import (
+    BulkDevices,
+    DevicePatch,
+    NewDevice,
+    NewSite,
+    Site,
+    bulk_names,
+    is_id,
+    parse,
+    patch_fields,
+)
 from ..handlers import NewDeviceSpec
 from ..presence import InvalidTiming, parse_timing, timing_from
 from ..store import DeviceFilter
@@ -63,6 +73,26 @@ def router(api: Api) -> APIRouter:
             )
             device, secrets = await reg.register(op.workspace_id, op.operator_id, spec)
         return JSONResponse({**device_json(device), "credentials": secrets}, status_code=201)
+
+    @r.post("/api/v1/devices/bulk", status_code=201)
+    async def create_devices(request: Request) -> JSONResponse:
+        op = writer(api.identity, request)
+        with domain_errors():
+            cmd = parse(BulkDevices, await body(request))
+            specs = [
+                NewDeviceSpec(
+                    name=name,
+                    device_type=cmd.device_type,
+                    site_id=cmd.site_id,
+                    groups=cmd.groups,
+                    labels=cmd.labels,
+                    kinds=cmd.credentials,
+                )
+                for name in bulk_names(cmd.name_prefix, cmd.count, cmd.start)
+            ]
+            made = await reg.register_many(op.workspace_id, op.operator_id, specs)
+        items = [{"device_id": d.device_id, "name": d.name, "credentials": s} for d, s in made]
+        return JSONResponse({"items": items}, status_code=201)
 
     @r.get("/api/v1/devices")
     async def list_devices(
