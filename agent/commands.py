@@ -194,9 +194,19 @@ def validate_config(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _interval(v: Any) -> tuple[Any, str | None]:
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and 1 <= v <= 3600
-    return v, None if ok else "a number of seconds within 1..3600"
+Check = Callable[[Any], tuple[Any, str | None]]
+
+
+def _number(lo: float, hi: float, *, integer: bool = False) -> Check:
+    """A check of a number (an integer if ``integer``) within lo..hi."""
+    kinds = int if integer else int | float
+    problem = f"{'an integer' if integer else 'a number'} within {lo:g}..{hi:g}"
+
+    def check(v: Any) -> tuple[Any, str | None]:
+        ok = isinstance(v, kinds) and not isinstance(v, bool) and lo <= v <= hi
+        return v, None if ok else problem
+
+    return check
 
 
 def _log_level(v: Any) -> tuple[Any, str | None]:
@@ -205,14 +215,22 @@ def _log_level(v: Any) -> tuple[Any, str | None]:
 
 
 def _metric_names(v: Any) -> tuple[Any, str | None]:
+    """A list of metric names to send, or null for all of them."""
     ok = isinstance(v, list) and len(v) <= 64 and all(isinstance(n, str) and _METRIC_NAME.match(n) for n in v)
-    return (list(dict.fromkeys(v)) if ok else v), None if ok else "a list of at most 64 metric names"
+    if v is None:
+        return None, None
+    return (list(dict.fromkeys(v)) if ok else v), None if ok else "a list of at most 64 metric names, or null"
 
 
-_CONFIG_RULES: dict[str, Callable[[Any], tuple[Any, str | None]]] = {
-    "heartbeat_interval_s": _interval,
+# The settings agent.config lets an update_config change at run time (RUNTIME_KEYS there); the
+# runner's apply_config checks how they combine (backoff_cap_s >= backoff_base_s).
+_CONFIG_RULES: dict[str, Check] = {
+    "heartbeat_interval_s": _number(1, 3600),
     "log_level": _log_level,
     "metrics": _metric_names,
+    "backoff_base_s": _number(0.1, 600),
+    "backoff_cap_s": _number(1, 3600),
+    "offline_sample_every": _number(1, 10_000, integer=True),
 }
 
 

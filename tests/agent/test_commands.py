@@ -193,6 +193,19 @@ async def test_update_config_validates_then_applies(ctx: CommandContext, agent: 
     }
     assert (await run(ctx, "update_config", {"config": {"log_level": "info"}})).status == "succeeded"
     assert agent.configs[-1] == {"log_level": "INFO"}
+    params = {"metrics": None, "backoff_base_s": 0.5, "backoff_cap_s": 30, "offline_sample_every": 5}
+    assert (await run(ctx, "update_config", params)).status == "succeeded"
+    assert agent.configs[-1] == params
+
+
+async def test_update_config_fails_when_the_runner_refuses(ctx: CommandContext) -> None:
+    def refuse(config: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("backoff_cap_s must be >= backoff_base_s")
+
+    outcome = await run(dataclasses.replace(ctx, apply_config=refuse), "update_config", {"backoff_cap_s": 1})
+    assert (
+        outcome.status == "failed" and outcome.error == "ValueError: backoff_cap_s must be >= backoff_base_s"
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,6 +219,9 @@ async def test_update_config_validates_then_applies(ctx: CommandContext, agent: 
         ({"metrics": ["bad name!"]}, "metrics"),
         ({"metrics": "cpu"}, "metrics"),
         ({"log_level": "INFO", "shell": "rm -rf /"}, "shell: unknown setting"),
+        ({"offline_sample_every": 2.5}, "offline_sample_every"),
+        ({"backoff_cap_s": float("nan")}, "backoff_cap_s"),
+        ({"backoff_base_s": 0}, "backoff_base_s"),
     ],
 )
 async def test_update_config_refuses_bad_settings(
