@@ -15,6 +15,7 @@ from libs.events.batching import OutcomeUnknown, PublisherClosed
 from libs.events.http import ApiError, BodyLimit, DeviceCaller, Identity
 from libs.events.service import ServiceHost
 
+from .chart_flags import backfilled_points
 from .domain import InvalidHeartbeat, chart_query, parse_agent, parse_agent_batch, parse_k, parse_s
 from .handlers import Charts, Ingest, ingest_of
 
@@ -253,6 +254,8 @@ def query_router(api: Api) -> APIRouter:
             "agg": q.agg,
             "series": series,
         }
+        if q.step == "raw":  # rollup buckets mix live and backfilled readings: no flag there
+            reply["backfilled"] = await backfilled_points(api.host, device_id, workspace_id, q, series)
         return JSONResponse(reply)
 
     return r

@@ -232,7 +232,8 @@ def heartbeat_event(beat: Beat, device_id: str, workspace_id: str, *, now: datet
     )
 
 
-PointRow = tuple[str, str, str, datetime, int | None, datetime | None, str, str]
+# event id, device, workspace, time, seq, sent_at, status, metrics (JSON text), backfill
+PointRow = tuple[str, str, str, datetime, int | None, datetime | None, str, str, bool]
 
 
 def chart_points(event: HeartbeatReceived) -> dict[str, float]:
@@ -269,6 +270,7 @@ def point_row(event_id: str, event: HeartbeatReceived) -> PointRow:
         event.sent_at,
         event.status,
         json.dumps(chart_points(event), separators=(",", ":")),
+        event.backfill,
     )
 
 

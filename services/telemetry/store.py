@@ -110,10 +110,11 @@ def _cached(t: int, event: HeartbeatReceived) -> bytes:
 _INSERT_POINTS = """
 WITH input AS (
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-                       $6::timestamptz[], $7::text[], $8::jsonb[])
-    AS t(event_id, device_id, workspace_id, ts, seq, sent_at, status, metrics)
+                       $6::timestamptz[], $7::text[], $8::jsonb[], $9::boolean[])
+    AS t(event_id, device_id, workspace_id, ts, seq, sent_at, status, metrics, backfill)
 ), ins AS (
-  INSERT INTO heartbeat_metrics (event_id, device_id, workspace_id, ts, seq, sent_at, status, metrics)
+  INSERT INTO heartbeat_metrics (event_id, device_id, workspace_id, ts, seq, sent_at, status, metrics,
+                                 backfill)
   SELECT * FROM input ON CONFLICT DO NOTHING
   RETURNING device_id, workspace_id, ts, metrics
 ), pts AS (
@@ -178,6 +179,21 @@ async def series(
         _PER_METRIC.format(points=points), device_id, workspace_id, start, end, name, limit
     )
     return [(r[0], r[1], float(r[2])) for r in rows]
+
+
+_BACKFILLED = (
+    "SELECT m.name, h.ts FROM heartbeat_metrics h, jsonb_object_keys(h.metrics) m(name) "
+    "WHERE h.device_id = $1 AND h.workspace_id = $2 AND h.ts >= $3 AND h.ts < $4 AND h.backfill "
+    "AND ($5::text IS NULL OR m.name = $5) ORDER BY m.name, h.ts"
+)
+
+
+async def backfilled(
+    conn: Conn, device_id: str, workspace_id: str, window: tuple[datetime, datetime], *, name: str | None
+) -> list[tuple[str, datetime]]:
+    """``(name, time)`` of the raw points of one device, in the window, that came from backfill."""
+    rows = await conn.fetch(_BACKFILLED, device_id, workspace_id, window[0], window[1], name)
+    return [(r[0], r[1]) for r in rows]
 
 
 async def expire(conn: Conn, cutoffs: dict[str, datetime]) -> int:

@@ -207,6 +207,7 @@ async def test_the_point_limit_is_per_metric(world: World) -> None:
                 None,
                 "online",
                 json.dumps(metrics),
+                False,
             )
         )
     assert world.host.pool is not None
