@@ -283,24 +283,26 @@ async function loadCharts(id) {
   const from = new Date(Date.now() - 3600 * 1000).toISOString();
   const box = $("#charts");
   try {
-    const body = await api(`/api/v1/devices/${encodeURIComponent(id)}/metrics?from=${encodeURIComponent(from)}&step=1m&agg=avg`);
+    // raw points (an hour of heartbeats): only they say which readings were backfilled
+    const body = await api(`/api/v1/devices/${encodeURIComponent(id)}/metrics?from=${encodeURIComponent(from)}&step=raw`);
     const names = Object.keys(body.series || {}).sort();
     if (!names.length) return box.replaceChildren(el("p", { class: "muted", text: "No metrics in the last hour." }));
-    box.replaceChildren(...names.map((n) => chart(n, body.series[n])));
+    box.replaceChildren(...names.map((n) => chart(n, body.series[n], (body.backfilled || {})[n])));
   } catch (e) {
     box.replaceChildren(el("p", { class: "error", text: `Metrics unavailable: ${e.message}` }));
   }
 }
 
-function chart(name, points) {
+function chart(name, points, backfilled = []) {
   const canvas = el("canvas", { width: "520", height: "220", "aria-label": `${name} chart` });
   const last = points.length ? points[points.length - 1][1] : null;
   const box = el("div", { class: "chart" }, el("h3", { text: `${name}${last == null ? "" : ` · ${Number(last).toFixed(1)}`}` }), canvas);
-  requestAnimationFrame(() => draw(canvas, points));
+  if (backfilled.length) box.append(el("p", { class: "legend", text: `○ backfilled (${backfilled.length}) · ● live` }));
+  requestAnimationFrame(() => draw(canvas, points, new Set(backfilled)));
   return box;
 }
 
-function draw(canvas, points) {
+function draw(canvas, points, backfilled = new Set()) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 24;
   ctx.clearRect(0, 0, w, h);
@@ -317,8 +319,11 @@ function draw(canvas, points) {
   ctx.strokeStyle = "#2b6cb0"; ctx.lineWidth = 3; ctx.beginPath();
   xs.forEach((x, i) => (i ? ctx.lineTo(X(x), Y(ys[i])) : ctx.moveTo(X(x), Y(ys[i]))));
   ctx.stroke();
-  ctx.fillStyle = "#2b6cb0"; // a dot per point: a single minute still shows
-  xs.forEach((x, i) => { ctx.beginPath(); ctx.arc(X(x), Y(ys[i]), 4, 0, 2 * Math.PI); ctx.fill(); });
+  ctx.fillStyle = "#2b6cb0"; ctx.strokeStyle = "#c05621"; ctx.lineWidth = 2; // a dot per point: a single one still shows
+  xs.forEach((x, i) => {
+    ctx.beginPath(); ctx.arc(X(x), Y(ys[i]), 4, 0, 2 * Math.PI);
+    if (backfilled.has(points[i][0])) ctx.stroke(); else ctx.fill(); // backfilled: a hollow orange ring
+  });
 }
 
 async function loadTimeline(id) {
