@@ -167,13 +167,13 @@ async def reboot(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
         return succeeded({"rebooted": False, "mock": True})
     if os.environ.get("FLEET_AGENT_ALLOW_REBOOT", "").strip().lower() != "true":
         raise CommandFailed("reboot is not allowed on this device (set FLEET_AGENT_ALLOW_REBOOT=true)")
-    argv = next((a for a in REBOOT_COMMANDS if shutil.which(a[0])), None)
-    if argv is None:
-        raise CommandFailed("no reboot command found (systemctl, /sbin/reboot)")
-    run = await run_process(list(argv), timeout_s=30.0, cwd=ctx.state_dir)
-    if run.exit_code != 0:
-        raise CommandFailed(f"{' '.join(argv)} exited {run.exit_code}: {run.stderr}".strip())
-    return succeeded({"rebooted": True, "mock": False, "command": list(argv)})
+    problems = []
+    for argv in (list(a) for a in REBOOT_COMMANDS if shutil.which(a[0])):
+        run = await run_process(argv, timeout_s=30.0, cwd=Path("/"))
+        if run.exit_code == 0:
+            return succeeded({"rebooted": True, "mock": False, "command": argv})
+        problems.append(f"{' '.join(argv)} exited {run.exit_code}: {run.stderr.strip()}")  # try the next
+    raise CommandFailed("; ".join(problems) or "no reboot command found (systemctl, /sbin/reboot)")
 
 
 def validate_config(params: dict[str, Any]) -> dict[str, Any]:

@@ -387,3 +387,29 @@ async def test_run_script_cancelled_kills_the_script(
 def test_command_failed_carries_output() -> None:
     e = CommandFailed("nope", output="out")
     assert str(e) == "nope" and e.output == "out"
+
+
+async def test_a_real_reboot_tries_the_next_command_when_one_fails(
+    ctx: CommandContext, monkeypatch: pytest.MonkeyPatch, script: Callable[..., Path], tmp_path: Path
+) -> None:
+    real = dataclasses.replace(ctx, mock=False)
+    monkeypatch.setenv("FLEET_AGENT_ALLOW_REBOOT", "TRUE")
+    failing = script(
+        "no-systemd", "echo 'System has not been booted with systemd' >&2; exit 1", where=tmp_path
+    )
+    working = script("reboot", "true", where=tmp_path)
+    monkeypatch.setattr(
+        commands, "REBOOT_COMMANDS", ((str(failing),), ("/nonexistent/reboot",), (str(working),))
+    )
+    outcome = await run(real, "reboot", {"confirm": True})
+    assert outcome.status == "succeeded" and outcome.result is not None
+    assert outcome.result["command"] == [str(working)]
+
+    monkeypatch.setattr(commands, "REBOOT_COMMANDS", ((str(failing),), ("/nonexistent/reboot",)))
+    outcome = await run(real, "reboot", {"confirm": True})
+    assert outcome.status == "failed"
+    assert outcome.error == f"{failing} exited 1: System has not been booted with systemd"
+
+    monkeypatch.setattr(commands, "REBOOT_COMMANDS", (("/nonexistent/reboot",),))
+    outcome = await run(real, "reboot", {"confirm": True})
+    assert outcome.status == "failed" and "no reboot command found" in (outcome.error or "")
