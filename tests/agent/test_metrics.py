@@ -172,3 +172,10 @@ def test_bounded_makes_any_reading_acceptable() -> None:
     out = bounded(raw)
     assert out == {"cpu": 100.0, "memory": 0.0, "uptime": 0.0, "net_bytes_sent": 1e15, "fan_percent": 100.0}
     assert server_problems(out) == []
+
+
+def test_a_mock_sampler_is_small() -> None:
+    # The simulator keeps 10,000 of them: slots, and one int of random state.
+    sampler = MockSampler(1)
+    assert not hasattr(sampler, "__dict__")
+    assert isinstance(sampler._state, int)
