@@ -291,7 +291,7 @@ def device_claims(
 AUDITED: frozenset[str] = frozenset(
     tag_of(c) for c in (*A.EVENTS, *D.EVENTS) if c is not D.DeviceStatusChanged
 )
-_SUBJECT_KEYS = ("credential_id", "device_id", "operator_id", "site_id", "workspace_id")
+_SUBJECT_KEYS = ("credential_id", "device_id", "operator_id", "token_id", "site_id", "workspace_id")
 # Never copied into details: hashes of secrets, and fields the entry already has.
 _DROP = frozenset({"type", "by", "workspace_id", "secret_sha256", "credentials"})
 
@@ -315,7 +315,9 @@ def audit_entry(event: Event) -> AuditEntry | None:
     fields: dict[str, Any] = msgspec.to_builtins(event)
     subject_key = next(k for k in _SUBJECT_KEYS if fields.get(k))
     actor = fields.get("by") or fields.get("operator_id") or "system"
-    details = {k: v for k, v in fields.items() if k not in _DROP and k != subject_key}
+    details = {
+        k: v for k, v in fields.items() if k not in _DROP and not k.endswith("_sha256") and k != subject_key
+    }
     if isinstance(event, D.DeviceRegistered):
         details["credentials"] = [
             {"credential_id": c.credential_id, "kind": c.kind} for c in event.credentials

@@ -306,3 +306,33 @@ def test_the_launcher_routes_enrolment_to_the_device_service() -> None:
     for path in (ENROL, TOKENS, f"{TOKENS}/abc", "/api/v1/devices/bulk"):
         assert resolve(path, ROUTES, services) == Target("device"), path
     assert resolve("/api/v1/agent/heartbeat", ROUTES, services) == Target("telemetry")
+
+
+def test_audit_lines_of_enrolment_events_name_the_token_and_carry_no_hash() -> None:
+    import json
+    from pathlib import Path
+
+    from libs.events.envelope import decode_envelope, decode_event
+    from libs.events.schemas import REGISTRY
+    from services.auth.domain import audit_entry
+
+    golden = Path(__file__).parents[1] / "contract" / "golden"
+    subjects = {}
+    for tag in (
+        "device.enrolment_token_created.v1",
+        "device.enrolment_token_revoked.v1",
+        "device.enrolment_token_used.v1",
+        "device.credential_rotated.v1",
+    ):
+        event = decode_event(decode_envelope((golden / f"{tag}.json").read_bytes()), REGISTRY)
+        entry = audit_entry(event)
+        assert entry is not None
+        assert "sha256" not in json.dumps(entry.details)
+        subjects[tag] = entry.subject
+    token = "3f1c2b9a-7d4e-4a1b-8c2d-9e0f1a2b3c4d"
+    assert (
+        subjects["device.enrolment_token_created.v1"]
+        == subjects["device.enrolment_token_revoked.v1"]
+        == token
+    )
+    assert subjects["device.enrolment_token_used.v1"] == "8c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"  # the device
