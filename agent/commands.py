@@ -21,11 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# The server's limits are in bytes of UTF-8 (output 10 KiB, error 5 KiB, result 64 KiB of JSON);
-# clipping by bytes at 10,000 / 5,000 keeps within both them and the documented character counts.
+# The server's limits are bytes of UTF-8: output 10 KiB, error 5 KiB, result 64 KiB of JSON. The
+# gateway also closes a socket whose frame is over 64 KiB, and a result frame carries all three at
+# once, escaped: so each is bounded as a JSON string (control characters take up to 6 bytes there),
+# and the three with the frame's other fields stay near 56 KB.
 MAX_OUTPUT = 10_000
 MAX_ERROR = 5_000
-MAX_RESULT = 60_000
+MAX_RESULT = 40_000
 MAX_ECHO = 4_096
 LOG_LINES_DEFAULT, LOG_LINES_MAX = 100, 1_000
 _LOG_READ_BYTES = 256 * 1024  # a tail of 1,000 lines never needs more than this of each file
@@ -75,21 +77,38 @@ def succeeded(result: dict[str, Any] | None = None, output: str | None = None) -
     return CommandOutcome("succeeded", result=result, output=output)
 
 
+def _json_cost(ch: str) -> int:
+    """Bytes of one character inside a JSON string."""
+    if ch in '"\\\n\r\t\b\f':
+        return 2
+    return 6 if ch < " " else len(ch.encode())
+
+
 def clip(text: str | None, limit: int, *, keep_end: bool = False) -> str | None:
-    """``text`` without NULs, cut to ``limit`` bytes of UTF-8 (its start, or its end for logs)."""
+    """``text`` cut to at most ``limit`` bytes as a JSON string (its start, or its end for logs)."""
     if text is None:
         return None
-    text = text.replace("\x00", "")  # Postgres text cannot hold NUL
-    data = text.encode()
-    if len(data) <= limit:
+    # Postgres text cannot hold NUL; a lone surrogate cannot be encoded at all.
+    text = text.replace("\x00", "").encode(errors="replace").decode()
+    if len(json.dumps(text, ensure_ascii=False).encode()) - 2 <= limit:
         return text
-    cut = data[-limit:] if keep_end else data[:limit]
-    return cut.decode(errors="ignore")
+    total = n = 0
+    for ch in reversed(text) if keep_end else text:
+        total += _json_cost(ch)
+        if total > limit:
+            break
+        n += 1
+    return text[len(text) - n :] if keep_end else text[:n]
+
+
+def _json(value: Any) -> str:
+    """``value`` as JSON text that encodes to UTF-8 (Paths and the like as strings)."""
+    return json.dumps(value, default=str, ensure_ascii=False).encode(errors="replace").decode()
 
 
 def json_size(value: Any) -> int:
     """Bytes of ``value`` as JSON (what the server measures)."""
-    return len(json.dumps(value, default=str, ensure_ascii=False).encode())
+    return len(_json(value).encode())
 
 
 def within_limits(outcome: CommandOutcome) -> CommandOutcome:
@@ -97,7 +116,7 @@ def within_limits(outcome: CommandOutcome) -> CommandOutcome:
     result = outcome.result
     if result is not None:
         try:
-            encoded = json.dumps(result, default=str, ensure_ascii=False)  # Paths, tuples: JSON-safe
+            encoded = _json(result)
         except (TypeError, ValueError):  # circular, or keys JSON cannot have
             encoded = '{"unencodable": true}'
         size = len(encoded.encode())

@@ -25,6 +25,7 @@ from agent.commands import (
 
 # The server's limits (services/commands/dialects.py), copied as the oracle.
 SERVER_MAX_OUTPUT, SERVER_MAX_ERROR, SERVER_MAX_RESULT = 10 * 1024, 5 * 1024, 64 * 1024
+GATEWAY_MAX_FRAME = 65_536  # services/gateway/config.py: a larger frame closes the agent's socket
 
 
 def alive(pid: int) -> bool:
@@ -39,8 +40,17 @@ def within_server_limits(outcome: CommandOutcome) -> bool:
     """Whether the server would take this outcome as it is."""
     sizes = (len((outcome.output or "").encode()), len((outcome.error or "").encode()))
     result = len(json.dumps(outcome.result).encode()) if outcome.result is not None else 0
+    frame: dict[str, Any] = {
+        "type": "result",
+        "command_id": "0" * 36,
+        "status": outcome.status,
+        "result": outcome.result,
+    }
+    frame |= {"error": outcome.error, "output": outcome.output, "duration_ms": outcome.duration_ms}
+    frame |= {"executed_at": "2026-11-26T01:00:00.000000+00:00"}
     return (
-        sizes[0] <= min(SERVER_MAX_OUTPUT, 10_000)
+        len(json.dumps(frame, ensure_ascii=False).encode()) <= GATEWAY_MAX_FRAME - 1_000
+        and sizes[0] <= min(SERVER_MAX_OUTPUT, 10_000)
         and sizes[1] <= min(SERVER_MAX_ERROR, 5_000)
         and result <= SERVER_MAX_RESULT
         and outcome.status in ("succeeded", "failed")
@@ -146,6 +156,27 @@ async def test_outcomes_are_clipped_to_the_server_limits(ctx: CommandContext) ->
     assert within_server_limits(outcome)
     assert outcome.result == {"truncated": True, "bytes": 200_011}
     assert outcome.output == "x" * MAX_OUTPUT and outcome.error == "ü" * (MAX_ERROR // 2)
+
+
+async def test_an_outcome_that_escapes_badly_still_fits_one_frame(ctx: CommandContext) -> None:
+    async def control(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+        result = {"data": "\x01" * 6_000}  # 36 KB once escaped
+        return CommandOutcome("failed", result=result, error='"' * 9_000, output="\x1b[0m\x07" * 9_000)
+
+    registry = CommandRegistry()
+    registry.register("control", control)
+    outcome = await registry.run("control", {}, ctx)
+    assert within_server_limits(outcome)
+    assert outcome.error == '"' * (MAX_ERROR // 2)
+    assert outcome.output is not None and len(json.dumps(outcome.output)) - 2 <= MAX_OUTPUT
+
+
+async def test_lone_surrogates_never_break_an_outcome(ctx: CommandContext) -> None:
+    outcome = await run(ctx, "ping", {"bad": "\ud800"})
+    assert outcome.result is not None and outcome.result["echo"] == {"bad": "?"}
+    outcome = await run(ctx, "\udfff")
+    assert outcome.status == "failed" and outcome.error is not None
+    outcome.error.encode()
 
 
 async def test_restart_asks_the_runner(ctx: CommandContext, agent: Agent) -> None:
@@ -361,7 +392,8 @@ async def test_run_script_output_is_truncated(ctx: CommandContext, script: Calla
     script("loud.sh", "yes abcdefgh | head -c 2000000; yes err | head -c 100000 >&2; exit 1")
     outcome = await run(ctx, "run_script", {"name": "loud.sh"})
     assert outcome.status == "failed"
-    assert outcome.output is not None and len(outcome.output) == MAX_OUTPUT
+    assert outcome.output is not None and len(json.dumps(outcome.output)) - 2 == MAX_OUTPUT  # "\n" is 2
+    assert outcome.output.startswith("abcdefgh\nabcdefgh\n")
     assert outcome.error is not None and outcome.error.startswith("exit code 1: err\nerr\n")
     assert outcome.result is not None
     assert outcome.result["stdout_bytes"] == 2_000_000 and outcome.result["output_truncated"] is True
