@@ -98,7 +98,7 @@ class Enrolment:
         async with self.registry.outbox.transaction() as tx:
             found = await db.token_by_hash(tx.conn, digest)
             if found is not None and not same_hash(found[1], digest):
-                found = None  # cannot happen with an equality lookup; the comparison costs nothing
+                found = None  # defence in depth behind the index's equality match (constant time)
             token = found[0] if found is not None else None
             mine = await db.enrolled_device(tx.conn, token.token_id, agent) if token is not None else None
             now = datetime.now(UTC)

@@ -39,6 +39,7 @@ async def test_bulk_creates_devices_with_working_credentials(world: World) -> No
     registered = [e for _env, e in await world.events() if isinstance(e, DeviceRegistered)]
     assert [e.device_id for e in registered] == [i["device_id"] for i in items]
     assert world.host.identity is not None
+    await world.host.identity.feed.catch_up()  # the follower may not have read them yet
     index = world.host.identity.feed.index
     for item, event in zip(items, registered, strict=True):
         assert event.by != "enrolment" and event.workspace_id == ws

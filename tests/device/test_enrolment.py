@@ -46,9 +46,10 @@ async def enrol(world: World, token: str, agent_id: str, **extra: Any) -> httpx.
     return await world.client.post(ENROL, json={"enrolment_token": token, "agent_id": agent_id, **extra})
 
 
-def knows(world: World, device_id: str, secret: str) -> bool:
-    """Whether the device service's identity index accepts this secret for the device."""
+async def knows(world: World, device_id: str, secret: str) -> bool:
+    """Whether the device service's identity index, read up to now, accepts this secret."""
     assert world.host.identity is not None
+    await world.host.identity.feed.catch_up()
     return world.host.identity.feed.index.credential(secret, "secret", device_id) is not None
 
 
@@ -168,15 +169,15 @@ async def test_enrol_then_retry_is_the_same_device_with_a_new_secret(world: Worl
     d = (await world.client.get(f"/api/v1/devices/{device_id}", headers=world.auth(ws))).json()
     assert (d["name"], d["device_type"], d["site_id"]) == ("Kitchen Pi", "raspberry_pi", site)
     assert d["groups"] == ["lab"] and d["labels"] == {"rack": "3"}
-    assert knows(world, device_id, first["device_secret"])
+    assert await knows(world, device_id, first["device_secret"])
 
     # the answer was lost: the agent asks again with the same id (the token has no use left)
     again = await enrol(world, made["token"], "agent:01.a-b_c", name="ignored on a retry")
     assert again.status_code == 201, again.text
     second = again.json()
     assert second["device_id"] == device_id and second["device_secret"] != first["device_secret"]
-    assert knows(world, device_id, second["device_secret"])
-    assert not knows(world, device_id, first["device_secret"])  # the old secret is retired everywhere
+    assert await knows(world, device_id, second["device_secret"])
+    assert not await knows(world, device_id, first["device_secret"])  # the old secret is retired everywhere
     [token] = (await world.client.get(TOKENS, headers=world.auth(ws))).json()
     assert (token["uses"], token["state"]) == (1, "used_up")
     assert await world.count("SELECT count(*) FROM devices WHERE workspace_id = $1", ws) == 1
@@ -336,3 +337,19 @@ def test_audit_lines_of_enrolment_events_name_the_token_and_carry_no_hash() -> N
         == token
     )
     assert subjects["device.enrolment_token_used.v1"] == "8c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"  # the device
+
+
+async def test_an_agent_whose_device_was_deleted_enrols_as_new(world: World) -> None:
+    ws = await world.workspace()
+    made = await new_token(world, ws, max_uses=2)
+    first = (await enrol(world, made["token"], "agent-x")).json()
+    gone = await world.client.delete(f"/api/v1/devices/{first['device_id']}", headers=world.auth(ws))
+    assert gone.status_code == 204
+    again = await enrol(world, made["token"], "agent-x")
+    assert again.status_code == 201 and again.json()["device_id"] != first["device_id"]  # ids never reused
+    assert await knows(world, again.json()["device_id"], again.json()["device_secret"])
+    [token] = (await world.client.get(TOKENS, headers=world.auth(ws))).json()
+    assert token["uses"] == 2
+    # and its next retry is the new device
+    third = (await enrol(world, made["token"], "agent-x")).json()
+    assert third["device_id"] == again.json()["device_id"]
