@@ -41,7 +41,16 @@ from agent.commands import CommandContext, CommandOutcome, CommandRegistry
 from agent.config import AgentConfig, Credentials, apply_runtime_config
 from agent.metrics import Sampler
 from agent.spool import Spool
-from libs.events.schemas.agent import PROTOCOL, AgentFrame, Command, Heartbeat, Result, ServerFrame
+from libs.events.schemas.agent import (
+    PROTOCOL,
+    AgentFrame,
+    Command,
+    Heartbeat,
+    HeartbeatAck,
+    Result,
+    ServerFrame,
+    Welcome,
+)
 
 AUTH_PATH = "/api/v1/device/auth"
 WS_PATH = "/api/v1/agent/ws"
@@ -209,8 +218,24 @@ class AgentRunner:
             self.request_shutdown()
 
     def _feed(self, event: p.Event) -> None:
+        self._narrate(event)
         for action in self.protocol.receive(event):
             self._do(action)
+
+    def _narrate(self, event: p.Event) -> None:
+        """The few lines an operator looks for in the log (never a secret or token)."""
+        match event:
+            case p.AuthSucceeded():
+                log.info("[%s] authenticated (session for %.0f s)", self._who, event.expires_in_s)
+            case p.FrameReceived(frame=Welcome() as w):
+                interval = w.heartbeat_interval_ms / 1000
+                log.info("[%s] agent socket connected (heartbeat every %g s)", self._who, interval)
+            case p.FrameReceived(frame=HeartbeatAck() as ack):
+                log.info("[%s] heartbeat %d stored (socket)", self._who, ack.seq)
+            case p.HeartbeatAnswered():
+                log.info("[%s] heartbeat %d stored (http)", self._who, event.seq)
+            case p.ShutdownRequested():
+                log.info("[%s] shutting down", self._who)
 
     def _do(self, action: p.Action) -> None:
         match action:
