@@ -9,7 +9,7 @@ applied by an ``update_config`` command) < environment variables ``FLEET_AGENT_<
 | ``SERVER_URL`` | ``http://127.0.0.1:8080`` | base URL; every route (and the agent socket) is under it |
 | ``DEVICE_ID``, ``DEVICE_SECRET`` | | operator-created credentials (written to the credentials file) |
 | ``ENROLMENT_TOKEN`` | | enrol with ``POST /api/v1/agent/enrol`` when there are no credentials |
-| ``NAME``, ``DEVICE_TYPE`` | host name, ``virtual`` | sent when enrolling |
+| ``NAME``, ``DEVICE_TYPE`` | host name, none | sent when enrolling (no type: the token's) |
 | ``STATE_DIR`` | ``$XDG_STATE_HOME/fleet-agent`` | credentials, agent id, spool, config.json |
 | ``SCRIPTS_DIR`` | ``<state_dir>/scripts`` | the allow-list directory of ``run_script`` |
 | ``HEALTH_PORT`` | 0 | local ``GET /health`` on 127.0.0.1 (0: off) |
@@ -33,6 +33,7 @@ Secrets and tokens are never logged and never in a ``repr``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+log = logging.getLogger("agent.config")
 
 PREFIX = "FLEET_AGENT_"
 CREDENTIALS_FILE = "credentials.json"
@@ -85,7 +88,7 @@ class AgentConfig:
     device_secret: str | None = field(default=None, repr=False)
     enrolment_token: str | None = field(default=None, repr=False)
     name: str = field(default_factory=socket.gethostname)
-    device_type: str = "virtual"
+    device_type: str | None = None
     state_dir: Path = field(default_factory=_default_state_dir)
     scripts_dir: Path | None = None
     health_port: int = 0
@@ -219,7 +222,7 @@ class Credentials:
 
 def _write_file(path: Path, text: str, *, mode: int) -> None:
     """Write atomically; the file is created with ``mode`` from the start (never chmod-ed later)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -273,12 +276,9 @@ async def enrol(cfg: AgentConfig, client: httpx.AsyncClient) -> Credentials:
     """``POST /api/v1/agent/enrol``; raises EnrolmentRefused (4xx) or httpx errors/ConnectionError."""
     if not cfg.enrolment_token:
         raise ConfigError("no enrolment token")
-    body = {
-        "enrolment_token": cfg.enrolment_token,
-        "agent_id": agent_id(cfg.state_dir),
-        "name": cfg.name,
-        "device_type": cfg.device_type,
-    }
+    body = {"enrolment_token": cfg.enrolment_token, "agent_id": agent_id(cfg.state_dir), "name": cfg.name}
+    if cfg.device_type:
+        body["device_type"] = cfg.device_type
     answer = await client.post(cfg.server_url.rstrip("/") + ENROL_PATH, json=body)
     if answer.status_code in (200, 201):
         data = answer.json()
@@ -306,4 +306,5 @@ async def resolve_credentials(cfg: AgentConfig, client: httpx.AsyncClient) -> Cr
         )
     creds = await enrol(cfg, client)
     write_credentials(cfg.state_dir, creds)
+    log.info("enrolled as device %s (workspace %s)", creds.device_id, creds.workspace_id)
     return creds

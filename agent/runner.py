@@ -205,17 +205,23 @@ class AgentRunner:
 
     async def _next(self) -> None:
         wake = self.protocol.next_wakeup()
-        timeout = None if wake is None else max(0.0, wake - time.monotonic())
+        timeout = None if wake is None else wake - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            self._tick()  # due timers first, so a stream of events cannot starve them
+            return
         try:
             event = await asyncio.wait_for(self._events.get(), timeout)
         except TimeoutError:
-            now = time.monotonic()
-            metrics = self._sample() if self.protocol.heartbeat_due(now) else {}
-            self._feed(p.Tick(now=now, wall=datetime.now(UTC), metrics=metrics))
+            self._tick()
             return
         self._feed(event)
         if isinstance(event, p.CommandFinished) and self._restart:
             self.request_shutdown()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        metrics = self._sample() if self.protocol.heartbeat_due(now) else {}
+        self._feed(p.Tick(now=now, wall=datetime.now(UTC), metrics=metrics))
 
     def _feed(self, event: p.Event) -> None:
         self._narrate(event)
