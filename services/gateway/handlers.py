@@ -12,6 +12,7 @@ import contextlib
 import logging
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -49,8 +50,32 @@ class Connection:
     """One device socket: who it is, and a bounded queue of frames that one writer task sends.
 
     Nothing waits on a slow device: frames are queued without waiting, and a full queue closes the
-    socket (1013) instead of holding up the feed or other sockets.
+    socket (1013) instead of holding up the feed or other sockets. An idle socket holds no queue and
+    no writer task (both exist only while frames are going out): at 10,000 sockets per process the
+    per-socket objects are most of the memory.
     """
+
+    __slots__ = (
+        "_close_fn",
+        "_closer",
+        "_done",
+        "_limit",
+        "_out",
+        "_reader_aborted",
+        "_send",
+        "_writer",
+        "boot",
+        "close_code",
+        "connection_id",
+        "device_id",
+        "dialect",
+        "gateway",
+        "pushed",
+        "reader",
+        "render",
+        "valid",
+        "workspace_id",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -67,40 +92,48 @@ class Connection:
         self.device_id, self.workspace_id, self.dialect = device_id, workspace_id, dialect
         self.connection_id = uuid.uuid4().hex
         self.render, self._send, self._close_fn = render, send, close
-        self.queue: asyncio.Queue[tuple[str, OpenCommand | None] | None] = asyncio.Queue(
-            gateway.settings.send_queue
-        )
-        self.pushed: set[str] = set()
+        self._out: deque[tuple[str, OpenCommand | None]] | None = None
+        self._limit = gateway.settings.send_queue
+        self.pushed: set[str] | None = None
         self.boot: str | None = None
         # whether the credential behind the socket still holds (revocation closes the socket)
-        self.valid: Callable[[], bool] = lambda: True
+        self.valid: Callable[[], bool] = _always
         self.close_code: int | None = None
-        self.closing = asyncio.Event()  # set by abort: the reader stops waiting for frames
+        self.reader: asyncio.Task[Any] | None = None  # the endpoint's task while it waits for a frame
+        self._reader_aborted = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start the writer task."""
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.dialect}")
+        self._done = False  # the endpoint is finishing (or the socket failed): nothing more is queued
 
     def offer(self, text: str, cmd: OpenCommand | None = None) -> bool:
         """Queue a frame; a full queue closes the socket (the device does not read)."""
-        if self.close_code is not None:
+        if self.close_code is not None or self._done:
             return False
-        try:
-            self.queue.put_nowait((text, cmd))
-        except asyncio.QueueFull:
+        out = self._out
+        if out is None:
+            out = self._out = deque()
+        if len(out) >= self._limit:
             log.warning("closing a %s socket of device %s: send queue full", self.dialect, self.device_id)
             self.abort(1013, "send queue full")
             return False
+        out.append((text, cmd))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(out), name=f"ws-writer-{self.dialect}")
         return True
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting to be sent."""
+        return len(self._out) if self._out is not None else 0
 
     def push(self, cmd: OpenCommand, now: datetime) -> None:
         """Queue a command once per socket; each push to a socket is the command's next attempt."""
-        if cmd.command_id in self.pushed or not pushable(cmd, now):
+        if (self.pushed is not None and cmd.command_id in self.pushed) or not pushable(cmd, now):
             return
         cmd.attempts += 1
         if self.offer(self.render(cmd, cmd.attempts), cmd):
+            if self.pushed is None:
+                self.pushed = set()
             self.pushed.add(cmd.command_id)
 
     def abort(self, code: int, reason: str) -> None:
@@ -108,13 +141,24 @@ class Connection:
         if self.close_code is not None:
             return
         self.close_code = code
-        self.closing.set()
+        if self.reader is not None:  # the endpoint waits for a frame: stop that wait
+            self._reader_aborted = True
+            self.reader.cancel()
         self._closer = asyncio.create_task(self._close(code, reason))
+
+    def reader_aborted(self, task: asyncio.Task[Any]) -> bool:
+        """Whether a cancellation of ``task`` (the waiting reader) came from :meth:`abort` alone."""
+        if self._reader_aborted and task.cancelling() == 1:
+            self._reader_aborted = False
+            task.uncancel()
+            return True
+        return False
 
     async def _close(self, code: int, reason: str) -> None:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        self._out = None
         with contextlib.suppress(Exception):
             await self._close_fn(code, reason)
 
@@ -124,27 +168,38 @@ class Connection:
         A close to a device that does not read waits for buffer space that may never come: after a
         few seconds the endpoint returns anyway and the server drops the connection.
         """
+        self._done = True
         if self._closer is not None:
             await asyncio.wait({self._closer}, timeout=5)
             return
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             return
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
-        _done, late = await asyncio.wait({self._writer}, timeout=2)
+        _done, late = await asyncio.wait({writer}, timeout=2)
         for task in late:
             task.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)
+        await asyncio.gather(writer, return_exceptions=True)
 
-    async def _write_loop(self) -> None:
-        while (item := await self.queue.get()) is not None:
-            text, cmd = item
-            try:
-                await self._send(text)
-            except Exception:  # the socket is gone; the reader sees the disconnect
-                return
-            if cmd is not None:
-                await self.gateway.pushed(self, cmd)
+    async def _write_loop(self, out: deque[tuple[str, OpenCommand | None]]) -> None:
+        try:
+            while out:
+                text, cmd = out.popleft()
+                try:
+                    await self._send(text)
+                except Exception:  # the socket is gone; the reader sees the disconnect
+                    self._done = True
+                    out.clear()
+                    return
+                if cmd is not None:
+                    await self.gateway.pushed(self, cmd)
+        finally:
+            self._writer = None
+            if self._out is out and not out:
+                self._out = None
+
+
+def _always() -> bool:
+    return True
 
 
 class Gateway:

@@ -12,7 +12,7 @@ from libs.events.settings import ServiceSettings
 from .config import Settings
 from .handlers import run_gateway
 from .portal import portal_background, portal_routers
-from .ws import routers as socket_routers
+from .ws import device_sockets
 
 
 def background(host: ServiceHost) -> list[Task]:
@@ -25,8 +25,8 @@ def background(host: ServiceHost) -> list[Task]:
 
 
 def routers(host: ServiceHost) -> list[Any]:
-    """The device sockets, the portal socket and the portal page."""
-    return [*socket_routers(host), *portal_routers(host)]
+    """The portal socket and the portal page (device sockets are served by ``device_sockets``)."""
+    return portal_routers(host)
 
 
 def server(settings: ServiceSettings) -> dict[str, Any]:
@@ -47,6 +47,7 @@ SPEC = ServiceSpec(
     routers=routers,
     background=background,
     server=server,
+    asgi=device_sockets,
     relay=False,
     identity=True,
 )

@@ -82,12 +82,11 @@ async def test_a_device_that_does_not_read_is_closed_1013_and_nothing_waits():
         send=send_,
         close=close,
     )
-    conn.start()
     now = datetime.now(UTC)
     for n in range(10):
         conn.push(_command(n), now)  # never blocks the caller (the command feed)
     await asyncio.sleep(0.05)
-    assert closed == [1013] and conn.closing.is_set()
+    assert closed == [1013] and conn.close_code == 1013
     assert sent == ["c0"] and conn.offer("late") is False
     await asyncio.wait_for(conn.finish(), 1)
 
@@ -104,7 +103,7 @@ async def test_expired_commands_are_never_pushed():
     )
     cmd = _command(1)
     conn.push(cmd, cmd.expires_at + timedelta(seconds=1))
-    assert conn.queue.empty() and cmd.attempts == 0
+    assert conn.queued == 0 and cmd.attempts == 0
 
 
 async def test_connections_gauge_counts_open_sockets_per_dialect(world: World):

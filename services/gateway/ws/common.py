@@ -126,18 +126,24 @@ class Socket:
 
     @staticmethod
     async def receive(ws: WebSocket, conn: Connection) -> Message | None:
-        """The next ASGI message, or None once the connection is being closed by the server."""
-        if conn.closing.is_set():
+        """The next ASGI message, or None once the connection is being closed by the server.
+
+        Waits in the endpoint's own task (no helper task per read: sockets mostly wait here);
+        :meth:`Connection.abort` cancels that wait, and only that cancellation is absorbed.
+        """
+        if conn.close_code is not None:
             return None
-        recv = asyncio.ensure_future(ws.receive())
-        closing = asyncio.ensure_future(conn.closing.wait())
+        task = asyncio.current_task()
+        assert task is not None
+        conn.reader = task
         try:
-            await asyncio.wait({recv, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when the caller gives up (the hello timeout): no read left behind
-            closing.cancel()
-            if not recv.done():
-                recv.cancel()
-        return recv.result() if not recv.cancelled() else None
+            return await ws.receive()
+        except asyncio.CancelledError:
+            if conn.reader_aborted(task):
+                return None
+            raise
+        finally:
+            conn.reader = None
 
     async def serve(
         self, ws: WebSocket, conn: Connection, parse: Callable[[str | bytes], Inbound], handle: Handle
@@ -189,5 +195,4 @@ def connection(
         close=close,
     )
     conn.valid = sock.still_valid(who)
-    conn.start()
     return conn
