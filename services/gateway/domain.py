@@ -1,8 +1,8 @@
 """The gateway's pure core: outbound command frames of each dialect, inbound frame rules.
 
-No I/O and no clock: callers pass ``now``. Heartbeat checks duplicate the few rules of the agent
-protocol that ``services/telemetry/domain.py`` applies to ``POST /api/v1/agent/heartbeat`` (services
-share no code; the frame types themselves come from ``libs.events.schemas.agent``).
+No I/O and no clock: callers pass ``now``. An agent heartbeat frame is held to the same value rules
+as ``POST /api/v1/agent/heartbeat`` (``libs.events.heartbeat_rules``, shared with telemetry); the
+frame types themselves come from ``libs.events.schemas.agent``.
 """
 
 from __future__ import annotations
@@ -10,24 +10,24 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from libs.events.heartbeat_rules import (
+    BOOT_RE,
+    MAX_METRICS,
+    NAME_RE,
+    STATUSES,
+    agent_heartbeat_problem,
+    is_number,
+)
 from libs.events.open_commands import OpenCommand
 from libs.events.schemas import agent as A
 
-STATUSES = frozenset({"healthy", "degraded", "online", "offline"})
-MAX_METRICS = 64
-MAX_SEQ = 2**63 - 1
-ABSURD = 1e15
-MAX_CLOCK_AHEAD = timedelta(days=1)
 MAX_OUTPUT, MAX_ERROR = 10_000, 5_000
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
-_BOOT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
-PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
 
 
 def _aware(at: datetime) -> datetime:
@@ -162,8 +162,8 @@ def parse_agent(raw: str | bytes, *, now: datetime) -> Inbound:
     if isinstance(f, A.Heartbeat):
         return agent_beat(f, now=now)
     if isinstance(f, A.Hello):
-        if not _BOOT_RE.match(f.boot):
-            return Refused("bad_frame", f"boot must match {_BOOT_RE.pattern}")
+        if not BOOT_RE.match(f.boot):
+            return Refused("bad_frame", f"boot must match {BOOT_RE.pattern}")
         return Greeting(f.boot)
     if isinstance(f, A.Ack):
         return Received(f.command_id) if _ID_RE.match(f.command_id) else Refused("bad_frame", "command_id")
@@ -175,31 +175,12 @@ def parse_agent(raw: str | bytes, *, now: datetime) -> Inbound:
 
 
 def agent_beat(f: A.Heartbeat, *, now: datetime) -> Beat | Refused:
-    """The agent heartbeat rules of telemetry's ``parse_agent``: seq, sent_at, status and metrics."""
-    if not 0 <= f.seq <= MAX_SEQ:
-        return Refused("invalid_heartbeat", "seq must be a non-negative integer")
+    """The agent heartbeat rules telemetry applies to ``POST /api/v1/agent/heartbeat`` (shared)."""
     sent_at = _aware(f.sent_at)
-    if sent_at.year < 2000 or sent_at > now + MAX_CLOCK_AHEAD:
-        return Refused("invalid_heartbeat", "sent_at is before 2000 or more than a day ahead")
-    if f.status not in STATUSES:
-        return Refused("invalid_heartbeat", f"status must be one of {', '.join(sorted(STATUSES))}")
-    if len(f.metrics) > MAX_METRICS:
-        return Refused("invalid_heartbeat", f"metrics: at most {MAX_METRICS} entries")
-    for name, value in f.metrics.items():
-        if not _NAME_RE.match(name):
-            return Refused("invalid_heartbeat", f"metric name {name[:40]!r} must match {_NAME_RE.pattern}")
-        if isinstance(value, bool) or out_of_range(name, float(value)):
-            return Refused("invalid_heartbeat", f"metrics.{name} must be a finite number in range")
+    problem = agent_heartbeat_problem(seq=f.seq, sent_at=sent_at, status=f.status, metrics=f.metrics, now=now)
+    if problem is not None:
+        return Refused("invalid_heartbeat", problem)
     return Beat(f.status, dict(f.metrics), f.seq, sent_at)
-
-
-def out_of_range(name: str, value: float) -> bool:
-    """Whether a numeric value cannot be a real reading of metric ``name``."""
-    if not math.isfinite(value) or abs(value) >= ABSURD:
-        return True
-    if name in PERCENT or name.endswith("_percent"):
-        return not 0 <= value <= 100
-    return value < 0 and name in {"uptime", "network_latency_ms"}
 
 
 def _json(raw: str | bytes) -> Any:
@@ -231,7 +212,7 @@ def _s_beat(body: dict[str, Any]) -> Beat:
     metrics: dict[Any, Any] = given if isinstance(given, dict) else {}
     kept: dict[str, float | int] = {}
     for name, value in list(metrics.items())[:MAX_METRICS]:
-        if isinstance(name, str) and _NAME_RE.match(name) and _number(value):
+        if isinstance(name, str) and NAME_RE.match(name) and _number(value):
             kept[name] = value
     return Beat(status if status in STATUSES else "online", kept)
 
@@ -296,9 +277,7 @@ def _outcome(
 
 
 def _number(v: Any) -> bool:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return -(2**63) <= v < 2**63
-    return isinstance(v, float) and math.isfinite(v)
+    return is_number(v) and (isinstance(v, int) or math.isfinite(v))
 
 
 def _when(value: Any) -> datetime | None:

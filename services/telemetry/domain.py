@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from libs.events.heartbeat_rules import (
+    ABSURD,
+    BOOT_RE,
+    MAX_METRICS,
+    MAX_SEQ,
+    NAME_RE,
+    agent_metrics_problem,
+    out_of_range,
+    sent_at_problem,
+    status_problem,
+)
+from libs.events.heartbeat_rules import is_number as _is_number
 from libs.events.schemas.telemetry import HeartbeatReceived, MetricValue
 
-STATUSES = frozenset({"healthy", "degraded", "online", "offline"})
-MAX_METRICS = 64
 MAX_BATCH = 500
 MAX_TEXT = 1000
-ABSURD = 1e15  # no metric of a device is this large; bigger values are a bug or an attack
-MAX_SEQ = 2**63 - 1
-MAX_CLOCK_AHEAD = timedelta(days=1)  # a device clock this far ahead is wrong, not early
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}\Z")
-_BOOT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
-# Percent-valued metrics by name (dialect S short names, agent and dialect K long names).
-PERCENT = frozenset({"cpu", "memory", "disk", "cpu_percent", "memory_percent", "disk_percent", "error_rate"})
 K_PERCENT = ("cpu_percent", "memory_percent", "disk_percent", "error_rate")
 K_COUNTS = ("transaction_count", "active_connections")
 
@@ -48,13 +50,6 @@ class Beat:
     boot: str | None = None
 
 
-def _is_number(v: Any) -> bool:
-    # an integer beyond 64 bits is not a metric: float() of a huge one would overflow
-    if isinstance(v, int) and not isinstance(v, bool):
-        return -(2**63) <= v < 2**63
-    return isinstance(v, float)
-
-
 def _obj(body: Any, what: str = "body") -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidHeartbeat(f"{what} must be a JSON object")
@@ -62,8 +57,8 @@ def _obj(body: Any, what: str = "body") -> dict[str, Any]:
 
 
 def _name(name: str, where: str) -> str:
-    if not _NAME_RE.match(name):
-        raise InvalidHeartbeat(f"{where}: metric name {name[:40]!r} must match {_NAME_RE.pattern}")
+    if not NAME_RE.match(name):
+        raise InvalidHeartbeat(f"{where}: metric name {name[:40]!r} must match {NAME_RE.pattern}")
     return name
 
 
@@ -71,18 +66,10 @@ def _status(body: dict[str, Any], *, required: bool) -> str:
     status = body.get("status")
     if status is None and not required:
         return "online"
-    if not isinstance(status, str) or status not in STATUSES:
-        raise InvalidHeartbeat(f"status must be one of {', '.join(sorted(STATUSES))}")
+    problem = status_problem(status)
+    if problem is not None or not isinstance(status, str):
+        raise InvalidHeartbeat(problem or "status must be a string")
     return status
-
-
-def out_of_range(name: str, value: float) -> bool:
-    """Whether a numeric value cannot be a real reading of metric ``name``."""
-    if not math.isfinite(value) or abs(value) >= ABSURD:
-        return True
-    if name in PERCENT or name.endswith("_percent"):
-        return not 0 <= value <= 100
-    return value < 0 and name in {"uptime", "network_latency_ms"}
 
 
 def parse_s(body: Any) -> Beat:
@@ -115,7 +102,7 @@ def _finite(name: str, value: Any, lo: float, hi: float) -> float:
         raise InvalidHeartbeat(f"{name} must be a finite number")
     if not lo <= value <= hi:
         raise InvalidHeartbeat(f"{name} must be between {lo:g} and {hi:g}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _count(name: str, value: Any) -> int:
@@ -169,20 +156,19 @@ def _sent_at(value: Any, now: datetime | None) -> datetime:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidHeartbeat("sent_at must be an ISO 8601 time") from None
-    if at.year < 2000:
-        raise InvalidHeartbeat("sent_at is before the year 2000")
     at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    if now is not None and at > now + MAX_CLOCK_AHEAD:
-        raise InvalidHeartbeat("sent_at is more than a day in the future")
+    problem = sent_at_problem(at, now)
+    if problem is not None:
+        raise InvalidHeartbeat(problem)
     return at
 
 
 def _boot(value: Any, where: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _BOOT_RE.match(value):
+    if not isinstance(value, str) or not BOOT_RE.match(value):
         # 422 is the agent protocol's answer for this field; the body's other rules answer 400
-        raise InvalidHeartbeat(f"{where}boot must match {_BOOT_RE.pattern}", status=422)
+        raise InvalidHeartbeat(f"{where}boot must match {BOOT_RE.pattern}", status=422)
     return value
 
 
@@ -195,12 +181,9 @@ def parse_agent(body: Any, *, now: datetime | None = None, backfill: bool = Fals
     sent_at = _sent_at(b.get("sent_at"), now)
     status = _status(b, required=False)
     metrics = _obj(b.get("metrics", {}), f"{where}metrics")
-    if len(metrics) > MAX_METRICS:
-        raise InvalidHeartbeat(f"{where}metrics: at most {MAX_METRICS} entries")
-    for name, value in metrics.items():
-        _name(name, f"{where}metrics")
-        if not _is_number(value) or out_of_range(name, float(value)):
-            raise InvalidHeartbeat(f"{where}metrics.{name} must be a finite number in range")
+    problem = agent_metrics_problem(metrics, where)
+    if problem is not None:
+        raise InvalidHeartbeat(problem)
     boot = _boot(b.get("boot"), where)
     return Beat(status, dict(metrics), "agent", seq=seq, sent_at=sent_at, backfill=backfill, boot=boot)
 
