@@ -30,7 +30,6 @@ from .domain import (
     decide_revoke_token,
     decide_rotate,
     decide_token_used,
-    invalid_token,
     new_token,
 )
 from .handlers import NewDeviceSpec, Registry, build_device, mint
@@ -124,8 +123,8 @@ class Enrolment:
         creds, secrets = mint(("secret",))
         events = decide_register(device, taken=False, credentials=creds, by=ENROLMENT)
         used, use_events = decide_token_used(token, device_id=device.device_id, agent_sha256=agent)
-        if not await store.insert_device(tx.conn, device):
-            raise invalid_token()  # a fresh UUID taken: never in practice; refuse rather than guess
+        if not await store.insert_device(tx.conn, device):  # a fresh UUID taken: never in practice
+            decide_register(device, taken=True, credentials=creds, by=ENROLMENT)  # raises the conflict
         await db.save_token(tx.conn, used)
         await db.remember_agent(tx.conn, token.token_id, agent, device.device_id, creds[0].credential_id, now)
         tx.emit([*events, *use_events])
