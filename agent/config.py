@@ -14,6 +14,7 @@ applied by an ``update_config`` command) < environment variables ``FLEET_AGENT_<
 | ``SCRIPTS_DIR`` | ``<state_dir>/scripts`` | the allow-list directory of ``run_script`` |
 | ``HEALTH_PORT`` | 0 | local ``GET /health`` on 127.0.0.1 (0: off) |
 | ``HEARTBEAT_INTERVAL_S`` | 30 | until the server says otherwise |
+| ``MAX_INTERVAL_S`` | none | beat at least this often (set by ``update_config`` ``heartbeat_interval_s``) |
 | ``BACKOFF_BASE_S``, ``BACKOFF_CAP_S`` | 1, 60 | reconnect backoff (full jitter) |
 | ``STABLE_AFTER_S`` | 60 | a connection this old resets the backoff |
 | ``OFFLINE_SAMPLE_EVERY`` | 10 | while unreachable, spool one heartbeat in N |
@@ -23,6 +24,9 @@ applied by an ``update_config`` command) < environment variables ``FLEET_AGENT_<
 | ``MOCK`` (or ``MOCK_MODE``) | false | simulated metrics and commands |
 | ``LOG_LEVEL`` | INFO | also logged to ``<state_dir>/agent.log`` (what ``collect_logs`` reads) |
 | ``METRICS`` | all | comma-separated metric names to send (``update_config`` may set it) |
+
+The server's interval (``welcome``, ``nextHeartbeat``) replaces ``HEARTBEAT_INTERVAL_S``; presence is
+judged by it, so ``MAX_INTERVAL_S`` can only shorten it, never lengthen it.
 
 Files in the state dir: ``credentials.json`` (``{device_id, device_secret, workspace_id}``, mode 0600,
 created so from the start), ``agent_id`` (a random id made once, before the first enrolment, so a
@@ -93,6 +97,7 @@ class AgentConfig:
     scripts_dir: Path | None = None
     health_port: int = 0
     heartbeat_interval_s: float = 30.0
+    max_interval_s: float | None = None
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     stable_after_s: float = 60.0
@@ -161,7 +166,9 @@ def load_config(
     state_dir = env_values.get("state_dir") or file_values.get("state_dir") or _default_state_dir()
     runtime: dict[str, Any] = {}
     if state_overrides:
-        runtime = {k: _coerce(k, kinds[k], v) for k, v in read_runtime_config(state_dir).items()}
+        runtime = _with_max_interval(
+            {k: _coerce(k, kinds[k], v) for k, v in read_runtime_config(state_dir).items()}
+        )
     return _validated(AgentConfig(**{**file_values, **runtime, **env_values}))
 
 
@@ -186,6 +193,13 @@ def _validated(cfg: AgentConfig) -> AgentConfig:
     return cfg
 
 
+def _with_max_interval(runtime: dict[str, Any]) -> dict[str, Any]:
+    """An operator's ``heartbeat_interval_s`` is also a maximum the server's interval cannot exceed."""
+    if "heartbeat_interval_s" in runtime:
+        return {**runtime, "max_interval_s": runtime["heartbeat_interval_s"]}
+    return runtime
+
+
 def read_runtime_config(state_dir: Path) -> dict[str, Any]:
     """Settings an ``update_config`` command applied earlier (only the runtime keys)."""
     try:
@@ -202,7 +216,7 @@ def apply_runtime_config(cfg: AgentConfig, changes: Mapping[str, Any]) -> AgentC
         raise ValueError(f"not changeable at run time: {', '.join(unknown)}")
     kinds = {f.name: str(f.type) for f in fields(AgentConfig)}
     typed = {k: _coerce(k, kinds[k], v) for k, v in changes.items()}
-    new = _validated(replace(cfg, **typed))
+    new = _validated(replace(cfg, **_with_max_interval(typed)))
     merged = {**read_runtime_config(cfg.state_dir), **typed}
     _write_file(cfg.state_dir / RUNTIME_CONFIG_FILE, json.dumps(merged, sort_keys=True), mode=0o644)
     return new

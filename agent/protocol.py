@@ -45,6 +45,7 @@ class Settings:
     """Tunables of one agent (the server's ``heartbeat_interval_ms``/``nextHeartbeat`` win)."""
 
     heartbeat_interval_s: float = 30.0
+    max_interval_s: float | None = None  # update_config: at most this, even if the server allows more
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     stable_after_s: float = 60.0
@@ -297,6 +298,7 @@ class AgentProtocol:
         self.settings = settings
         self.boot = boot
         self.interval_s = settings.heartbeat_interval_s
+        self._announced_s: float | None = None  # the server's interval, once it said one
         self.socket = SocketState.DOWN
         self.authenticated = False
         self.stopping = False
@@ -360,10 +362,9 @@ class AgentProtocol:
         return list(self._pending.values())
 
     def reconfigure(self, settings: Settings) -> None:
-        """Adopt new local settings (``update_config``); the server's interval stays until it changes."""
-        if settings.heartbeat_interval_s != self.settings.heartbeat_interval_s:
-            self.interval_s = settings.heartbeat_interval_s
+        """Adopt new local settings (``update_config``) at once."""
         self.settings = settings
+        self._set_interval(self._announced_s)
 
     # --- the one entry point ------------------------------------------------------------------
 
@@ -490,7 +491,7 @@ class AgentProtocol:
         self._ready_since = now
         self._reauthed = False
         if frame.heartbeat_interval_ms > 0:
-            self.interval_s = frame.heartbeat_interval_ms / 1000.0
+            self._set_interval(frame.heartbeat_interval_ms / 1000.0)
         self._heartbeat_at = now  # a fresh socket announces itself with a heartbeat at once
         actions: list[Action] = [SendFrame(r) for r in self._pending.values()]
         return actions + self._replay()
@@ -511,7 +512,7 @@ class AgentProtocol:
         self._stored(ev.now)
         self._reauthed = False
         if ev.next_heartbeat_ms is not None and ev.next_heartbeat_ms > 0:
-            self.interval_s = ev.next_heartbeat_ms / 1000.0
+            self._set_interval(ev.next_heartbeat_ms / 1000.0)
             if self._heartbeat_at is not None:
                 self._heartbeat_at = min(self._heartbeat_at, ev.now + self.interval_s)
         return self._replay()
@@ -590,6 +591,17 @@ class AgentProtocol:
         return [*actions, Exit(0, "stopped")]
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _set_interval(self, announced_s: float | None) -> None:
+        """The server's interval wins over the local default; a local maximum only makes it shorter.
+
+        Presence is judged against the server's interval, so beating more slowly than it asks would
+        make the device look late: ``max_interval_s`` can only speed heartbeats up.
+        """
+        self._announced_s = announced_s
+        interval = self.settings.heartbeat_interval_s if announced_s is None else announced_s
+        cap = self.settings.max_interval_s
+        self.interval_s = interval if cap is None else min(interval, cap)
 
     def _authenticate(self) -> list[Action]:
         if self._auth_pending:

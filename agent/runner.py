@@ -82,6 +82,7 @@ def settings_for(cfg: AgentConfig, capabilities: list[str]) -> p.Settings:
     """Protocol settings from the agent config."""
     return p.Settings(
         heartbeat_interval_s=cfg.heartbeat_interval_s,
+        max_interval_s=cfg.max_interval_s,
         backoff_base_s=cfg.backoff_base_s,
         backoff_cap_s=cfg.backoff_cap_s,
         stable_after_s=cfg.stable_after_s,
@@ -240,6 +241,8 @@ class AgentRunner:
                 log.info("[%s] heartbeat %d stored (socket)", self._who, ack.seq)
             case p.HeartbeatAnswered():
                 log.info("[%s] heartbeat %d stored (http)", self._who, event.seq)
+            case p.BatchAnswered(sent=sent) if sent:
+                log.info("[%s] backfilled %d spooled heartbeats (%d left)", self._who, sent, event.remaining)
             case p.ShutdownRequested():
                 log.info("[%s] shutting down", self._who)
 

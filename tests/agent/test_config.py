@@ -43,8 +43,9 @@ def test_env_overrides_the_file_which_overrides_defaults(tmp_path: Path) -> None
 def test_settings_applied_at_run_time_sit_between_the_file_and_the_env(tmp_path: Path) -> None:
     cfg = load_config({"FLEET_AGENT_STATE_DIR": str(tmp_path)})
     new = apply_runtime_config(cfg, {"heartbeat_interval_s": 5, "metrics": ["cpu"]})
-    assert new.heartbeat_interval_s == 5.0 and new.metrics == ["cpu"]
-    assert load_config({"FLEET_AGENT_STATE_DIR": str(tmp_path)}).heartbeat_interval_s == 5.0
+    assert new.heartbeat_interval_s == 5.0 and new.max_interval_s == 5.0 and new.metrics == ["cpu"]
+    reloaded = load_config({"FLEET_AGENT_STATE_DIR": str(tmp_path)})
+    assert reloaded.heartbeat_interval_s == reloaded.max_interval_s == 5.0  # kept across restarts
     env = {"FLEET_AGENT_STATE_DIR": str(tmp_path), "FLEET_AGENT_HEARTBEAT_INTERVAL_S": "7"}
     assert load_config(env).heartbeat_interval_s == 7.0
     with pytest.raises(ValueError, match="server_url"):

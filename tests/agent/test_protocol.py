@@ -369,3 +369,15 @@ def test_other_refusals_of_auth_also_end_with_exit_1(status: int) -> None:
     p.receive(AuthFailed(now=0, status=status))
     [exit_] = p.receive(AuthFailed(now=1, status=status))
     assert isinstance(exit_, Exit) and exit_.code == 1
+
+
+def test_a_local_maximum_interval_only_ever_shortens_the_servers() -> None:
+    p = connected(max_interval_s=10.0)
+    p.receive(welcome(0, interval_ms=30_000))
+    assert p.interval_s == 10.0  # the operator asked for more often
+    p.receive(welcome(1, interval_ms=5_000))
+    assert p.interval_s == 5.0  # the server asks for more often still
+    p.reconfigure(Settings(max_interval_s=2.0))
+    assert p.interval_s == 2.0  # applied at once
+    p.reconfigure(Settings(max_interval_s=None))
+    assert p.interval_s == 5.0  # the server's again

@@ -242,3 +242,11 @@ async def test_the_health_endpoint_reports_the_runner(server: FakeServer, tmp_pa
         *("status", "uptime", "heartbeatCount", "heartbeatErrors", "websocket", "lastHeartbeat", "spooled")
     }
     assert msgspec.json.decode(after.content)["lastHeartbeat"].endswith("Z")
+
+
+async def test_update_config_is_applied_at_once_and_kept(server: FakeServer, tmp_path: Path) -> None:
+    runner, _ = make_runner(server, tmp_path)
+    applied = runner.apply_config({"heartbeat_interval_s": 0.05, "metrics": ["cpu"]})
+    assert applied == {"heartbeat_interval_s": 0.05, "metrics": ["cpu"]}
+    assert runner.protocol.interval_s == 0.05 and runner._sample() == {"cpu": 1.5}
+    assert json.loads((tmp_path / "config.json").read_text())["metrics"] == ["cpu"]
