@@ -65,6 +65,16 @@ _decode_frame = msgspec.json.Decoder(ServerFrame).decode
 _encode = msgspec.json.Encoder().encode
 
 
+class _NoDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets logs every handshake header (the session token) at DEBUG: never let it."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+
+_ws_logger = _NoDebug(logging.getLogger("websockets.client"), {})
+
+
 def ws_url(server_url: str) -> str:
     """The agent socket URL under ``server_url`` (http -> ws, https -> wss)."""
     parts = urlsplit(server_url)
@@ -258,6 +268,8 @@ class AgentRunner:
             case p.CloseSocket():
                 if self._outbox is not None:
                     self._outbox.put_nowait(None)  # after the frames queued before it (bye)
+                elif self._socket_task is not None:
+                    self._socket_task.cancel()  # still in its handshake: nothing to say goodbye on
             case p.PostHeartbeat():
                 task = self._spawn(self._post_heartbeat(action.heartbeat, action.boot))
                 if action.final:
@@ -271,6 +283,7 @@ class AgentRunner:
                     log.warning("[%s] spool full: dropped the oldest heartbeat", self._who)
             case p.RecordResult():
                 self.spool.record_result(action.result, finished_at=time.time())
+                self.spool.prune(now=time.time())  # the executed-id memory stays bounded while running
             case p.ResultDelivered():
                 self.spool.mark_delivered(action.command_id)
             case p.RunCommand():
@@ -353,6 +366,7 @@ class AgentRunner:
                 open_timeout=self.cfg.http_timeout_s,
                 max_size=1 << 20,
                 compression=None,
+                logger=_ws_logger,
             ) as ws:
                 self._outbox = outbox
                 self._put(p.SocketOpened(now=time.monotonic()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,10 @@ def test_the_socket_url_is_derived_from_the_server_url() -> None:
     assert ws_url("https://fleet.example/base/") == "wss://fleet.example/base/api/v1/agent/ws"
 
 
-async def test_socket_session_commands_once_and_bye(server: FakeServer, tmp_path: Path) -> None:
+async def test_socket_session_commands_once_and_bye(
+    server: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     server.commands = ["cmd-1"]
     runner, registry = make_runner(server, tmp_path)
     task = asyncio.create_task(runner.run())
@@ -174,6 +178,8 @@ async def test_socket_session_commands_once_and_bye(server: FakeServer, tmp_path
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     spool = Spool.in_dir(tmp_path)
     assert list(spool.executed()) == ["cmd-1"] and spool.pending_results() == []
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server"))
+    assert "heartbeat" in ours and TOKEN not in ours and SECRET not in ours  # the fake server may log it
 
 
 async def test_a_restarted_agent_answers_a_redelivered_command_without_running_it(
