@@ -12,6 +12,8 @@ script with ``--hold``, the ``websockets`` library on asyncio, their own fd limi
 ``auth.<session>``; sessions signed here with the gateway's ``SIGNING_KEY``), send ``hello`` and wait
 for ``welcome``. The gateway's RSS (psutil) before and after, and its CPU over ``--rest`` seconds with
 every socket open. Client keepalive pings are off; the gateway's own pings (every 20 s) are on.
+``--deflate-sockets`` repeats it with ``GATEWAY_WS_COMPRESSION=true``; ``--bare-sockets`` sockets on a
+bare uvicorn WebSocket app per ``--bare-impl`` give the server stack's own floor.
 
 (b) A fresh gateway with the device API and worker (presence 1 s / 3 s), the telemetry API, the
 commands API and worker (another stream prefix). ``--devices`` devices are created through the
@@ -278,13 +280,14 @@ async def idle_sockets(
     uvicorn WebSocket app (``--bare-sockets``) as the floor of the server stack."""
     rows: list[list[str]] = []
     mb = 1024 * 1024
-    variants = [("gateway-a", [sys.executable, "-m", "services.gateway", "api"], args.sockets, "")]
-    if args.nodeflate_sockets > 0:
-        argv = [sys.executable, str(Path(__file__).resolve()), "--serve-gateway-nodeflate"]
-        variants.append(("gateway-a-nodeflate", argv, args.nodeflate_sockets, ", permessage-deflate off"))
-    for name, argv, count, note in variants:
+    argv = [sys.executable, "-m", "services.gateway", "api"]
+    variants = [("gateway-a", args.sockets, "", "false")]
+    if args.deflate_sockets > 0:
+        variants.append(("gateway-a-deflate", args.deflate_sockets, ", permessage-deflate on", "true"))
+    for name, count, note, deflate in variants:
         port = free_port()
-        gw = services.start(name, argv, {**env, "STREAM_PREFIX": prefix, "GATEWAY_PORT": str(port)})
+        gw_env = {"STREAM_PREFIX": prefix, "GATEWAY_PORT": str(port), "GATEWAY_WS_COMPRESSION": deflate}
+        gw = services.start(name, argv, {**env, **gw_env})
         await wait_ready(services, port, name)
         m = await hold_sockets(args, workdir, services, gw, port, count)
         services.stop_one(name)
@@ -346,24 +349,6 @@ async def idle_sockets(
             ]
         )
     return rows
-
-
-def serve_gateway_nodeflate() -> int:
-    """``python -m services.gateway api`` with uvicorn's permessage-deflate off (patched here, in the
-    bench process only: the gateway has no setting for it)."""
-    import uvicorn
-
-    from libs.events.service import main as service_main
-    from services.gateway.main import SPEC
-
-    init = uvicorn.Config.__init__
-
-    def no_deflate(self: uvicorn.Config, *a: Any, **kw: Any) -> None:
-        kw["ws_per_message_deflate"] = False
-        init(self, *a, **kw)
-
-    uvicorn.Config.__init__ = no_deflate  # type: ignore[method-assign]
-    return service_main(SPEC, ["api"])
 
 
 async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -773,17 +758,17 @@ def main() -> None:
     p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--bare-sockets", type=int, default=2000, help="sockets on the bare app (0: skip)")
     p.add_argument(
-        "--nodeflate-sockets", type=int, default=10_000, help="idle sockets, deflate off (0: skip)"
+        "--deflate-sockets", type=int, default=0, help="idle sockets, GATEWAY_WS_COMPRESSION=true (0: skip)"
     )
     p.add_argument(
-        "--bare-impl", nargs="*", default=["auto", "auto:nodeflate"], help="uvicorn ws=[:nodeflate]"
+        "--bare-impl",
+        nargs="*",
+        default=["auto:nodeflate"],
+        help="uvicorn ws=<impl>[:nodeflate] (wsproto needs `pip install wsproto`)",
     )
-    p.add_argument("--serve-gateway-nodeflate", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-bare", nargs=2, metavar=("PORT", "IMPL"), help=argparse.SUPPRESS)
     p.add_argument("--hold", nargs=2, metavar=("PORT", "TOKENS"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve_gateway_nodeflate:
-        sys.exit(serve_gateway_nodeflate())
     if args.serve_bare:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
         return
