@@ -116,17 +116,16 @@ async def _once(cfg: AgentConfig, creds: Credentials, http: httpx.AsyncClient) -
 
 
 async def _amain(cfg: AgentConfig, once: bool) -> int:
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    runner: AgentRunner | None = None
+    runners: list[AgentRunner] = []  # what a signal must stop, once there is something
 
     def on_signal() -> None:
         stop.set()
-        if runner is not None:
+        for runner in runners:
             runner.request_shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+        asyncio.get_running_loop().add_signal_handler(sig, on_signal)
     async with httpx.AsyncClient(timeout=cfg.http_timeout_s) as http:
         try:
             creds = await _credentials(cfg, http, stop)
@@ -137,23 +136,26 @@ async def _amain(cfg: AgentConfig, once: bool) -> int:
             return 0
         if once:
             return await _once(cfg, creds, http)
-        runner = AgentRunner(
-            cfg, creds, sampler=make_sampler(cfg.mock), registry=default_registry(), http=http
-        )
+        sampler, registry = make_sampler(cfg.mock), default_registry()
+        runners.append(AgentRunner(cfg, creds, sampler=sampler, registry=registry, http=http))
         if stop.is_set():
-            runner.request_shutdown()
-        health = await start_health_server(cfg.health_port, runner.health)
-        log.info(
-            "device %s: agent starting (boot %s), server %s", creds.device_id, runner.boot, cfg.server_url
-        )
-        try:
-            code = await runner.run()
-        finally:
-            if health is not None:
-                health.close()
-        if code == 1:
-            print(f"fleet-agent: {runner.exit_message}", file=sys.stderr)
-        return code
+            runners[0].request_shutdown()
+        return await _serve(cfg, runners[0])
+
+
+async def _serve(cfg: AgentConfig, runner: AgentRunner) -> int:
+    """Run the agent with its health endpoint; print why when it gives up."""
+    health = await start_health_server(cfg.health_port, runner.health)
+    who = runner.credentials.device_id
+    log.info("device %s: agent starting (boot %s), server %s", who, runner.boot, cfg.server_url)
+    try:
+        code = await runner.run()
+    finally:
+        if health is not None:
+            health.close()
+    if code == 1:
+        print(f"fleet-agent: {runner.exit_message}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
