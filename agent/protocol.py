@@ -497,6 +497,8 @@ class AgentProtocol:
         return actions + self._replay()
 
     def _command(self, frame: Command) -> list[Action]:
+        if self.stopping:
+            return []  # unacknowledged, so the server delivers it to the next run instead
         command_id = frame.command_id
         actions: list[Action] = [SendFrame(Ack(command_id=command_id))]
         done = self._executed.get(command_id)

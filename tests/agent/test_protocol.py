@@ -353,6 +353,12 @@ def test_shutdown_with_a_socket_says_bye_and_exits_0() -> None:
     assert p.next_wakeup() is None and p.receive(ShutdownRequested(now=6, wall=WALL)) == []
 
 
+def test_a_command_arriving_during_shutdown_is_left_for_the_next_run() -> None:
+    p = connected()
+    p.receive(ShutdownRequested(now=5, wall=WALL))
+    assert p.receive(command()) == []
+
+
 def test_shutdown_over_http_sends_a_final_offline_heartbeat() -> None:
     p = make(http_only=True)
     p.receive(Started(now=0))
