@@ -38,6 +38,7 @@ from libs.events.schemas.agent import (
 
 REJECTED = frozenset({400, 401, 403})  # auth answers that a retry cannot fix
 BAD_BATCH = frozenset({400, 413, 422})  # the server will refuse this batch however often it is sent
+MAX_UNACKED = 16  # socket heartbeats kept for the spool until acknowledged
 
 
 @dataclass(frozen=True)
@@ -476,13 +477,13 @@ class AgentProtocol:
             case Command():
                 return self._command(frame)
             case HeartbeatAck():
-                if self._ws_unacked.pop(frame.seq, None) is not None:
-                    self._stored(now)
-                return []
+                return self._heartbeat_acked(now, frame.seq)
             case ResultAck():
                 self._pending.pop(frame.command_id, None)
                 return [ResultDelivered(frame.command_id)]
             case Error():
+                if "heartbeat" in frame.code:
+                    self.heartbeat_errors += 1
                 return [Log("warning", f"server refused a frame: {frame.code}: {frame.message}")]
         return []
 
@@ -508,6 +509,14 @@ class AgentProtocol:
             self._running.add(command_id)
             actions.append(RunCommand(frame))
         return actions
+
+    def _heartbeat_acked(self, now: float, seq: int) -> list[Action]:
+        if self._ws_unacked.pop(seq, None) is not None:
+            self._stored(now)
+        # Acks come in order: an older heartbeat still waiting was refused, and will never be acked.
+        for older in [s for s in self._ws_unacked if s < seq]:
+            del self._ws_unacked[older]
+        return []
 
     def _heartbeat_answered(self, ev: HeartbeatAnswered) -> list[Action]:
         self._http_in_flight.pop(ev.seq, None)
@@ -635,6 +644,8 @@ class AgentProtocol:
         self._heartbeat_at = ev.now + self.interval_s
         if self.socket is SocketState.READY:
             self._ws_unacked[hb.seq] = hb
+            while len(self._ws_unacked) > MAX_UNACKED:  # a server that never acks must not grow this
+                del self._ws_unacked[next(iter(self._ws_unacked))]
             return [SendFrame(hb)]
         if self.authenticated and not self._http_in_flight:
             self._http_in_flight[hb.seq] = hb

@@ -43,6 +43,7 @@ from libs.events.schemas.agent import (
     Ack,
     Bye,
     Command,
+    Error,
     Heartbeat,
     HeartbeatAck,
     Hello,
@@ -387,3 +388,14 @@ def test_a_local_maximum_interval_only_ever_shortens_the_servers() -> None:
     assert p.interval_s == 2.0  # applied at once
     p.reconfigure(Settings(max_interval_s=None))
     assert p.interval_s == 5.0  # the server's again
+
+
+def test_socket_heartbeats_the_server_refused_are_not_kept_for_backfill() -> None:
+    p = connected()
+    [first] = frames(tick(p, 0))
+    p.receive(FrameReceived(now=0.1, frame=Error(code="invalid_heartbeat", message="sent_at")))
+    [second] = frames(tick(p, 30))
+    p.receive(FrameReceived(now=30.1, frame=HeartbeatAck(seq=second.seq)))  # type: ignore[attr-defined]
+    assert p.heartbeat_errors == 1 and p.heartbeat_count == 1
+    assert not [a for a in p.receive(SocketClosed(now=31, code=1006)) if isinstance(a, SpoolHeartbeat)]
+    assert first.seq < second.seq  # type: ignore[attr-defined]
