@@ -164,3 +164,22 @@ def test_local_addresses_are_ipv4_and_never_empty() -> None:
     addresses = _local_addresses()
     assert addresses and all(socket.inet_aton(a) for a in addresses)
     assert all(not a.startswith("169.254.") for a in addresses)
+
+
+@live
+async def test_fleet_discover_lists_an_announcing_agent() -> None:
+    """``fleet discover --json`` (a real process) finds an agent announcing itself."""
+    import json
+    import subprocess
+    import sys
+
+    device_id = f"test-{uuid.uuid4()}"
+    ann = await announce(device_id=device_id, claimed=True, version="2.0", health_port=8123)
+    try:
+        argv = [sys.executable, "-m", "fleet", "discover", "--timeout", "1.5", "--json"]
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
+    finally:
+        await ann.close()
+    assert done.returncode == 0, done.stderr
+    row = next((r for r in json.loads(done.stdout) if r["device_id"] == device_id), None)
+    assert row is not None and row["claimed"] == "true" and row["health_port"] == "8123"
