@@ -633,7 +633,7 @@ class AgentProtocol:
         self.authenticated = False
         if not self._reauthed:
             self._reauthed = True
-            return self._authenticate()
+            return [Log("info", "the session was refused; authenticating again"), *self._authenticate()]
         delay = backoff_delay(self._auth_attempts, self.settings, self._rng)
         self._auth_attempts += 1
         self._auth_retry_at = now + delay
