@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from libs.events.schemas.agent import (
@@ -38,6 +38,7 @@ from libs.events.schemas.agent import (
 
 REJECTED = frozenset({400, 401, 403})  # auth answers that a retry cannot fix
 BAD_BATCH = frozenset({400, 413, 422})  # the server will refuse this batch however often it is sent
+MAX_CLOCK_SKEW = timedelta(minutes=5)  # beyond it, sent_at follows the server's clock
 MAX_UNACKED = 16  # socket heartbeats kept for the spool until acknowledged
 
 
@@ -114,9 +115,10 @@ class SocketClosed(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class FrameReceived(Event):
-    """A server frame arrived on the socket."""
+    """A server frame arrived on the socket (``wall``: the local time then, to check the clock)."""
 
     frame: ServerFrame
+    wall: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,6 +302,7 @@ class AgentProtocol:
         self.boot = boot
         self.interval_s = settings.heartbeat_interval_s
         self._announced_s: float | None = None  # the server's interval, once it said one
+        self._clock_offset = timedelta(0)  # added to sent_at when the local clock is far off
         self.socket = SocketState.DOWN
         self.authenticated = False
         self.stopping = False
@@ -384,6 +387,8 @@ class AgentProtocol:
                 return [SendFrame(_with_capabilities(hello, self.settings.capabilities))]
             case SocketClosed():
                 return self._socket_closed(event)
+            case FrameReceived(frame=Welcome() as welcome):
+                return self._check_clock(event.wall, welcome.server_time) + self._welcome(event.now, welcome)
             case FrameReceived():
                 return self._frame(event.now, event.frame)
             case HeartbeatAnswered():
@@ -472,8 +477,6 @@ class AgentProtocol:
 
     def _frame(self, now: float, frame: ServerFrame) -> list[Action]:
         match frame:
-            case Welcome():
-                return self._welcome(now, frame)
             case Command():
                 return self._command(frame)
             case HeartbeatAck():
@@ -657,7 +660,20 @@ class AgentProtocol:
     ) -> Heartbeat:
         seq = self._next_seq
         self._next_seq += 1
-        return Heartbeat(seq=seq, sent_at=wall, status=status, metrics=dict(metrics))
+        sent_at = wall + self._clock_offset
+        return Heartbeat(seq=seq, sent_at=sent_at, status=status, metrics=dict(metrics))
+
+    def _check_clock(self, wall: datetime | None, server_time: datetime) -> list[Action]:
+        """A device without a real-time clock may boot far in the past: borrow the server's time."""
+        if wall is None:
+            return []
+        server = server_time if server_time.tzinfo else server_time.replace(tzinfo=UTC)
+        skew = server - wall
+        self._clock_offset = skew if abs(skew) > MAX_CLOCK_SKEW else timedelta(0)
+        if not self._clock_offset:
+            return []
+        off = skew.total_seconds()
+        return [Log("warning", f"the local clock is {off:.0f} s off the server's; sent_at uses the server's")]
 
     def _offline(self, hb: Heartbeat) -> list[Action]:
         """Unreachable: keep one heartbeat in every ``offline_sample_every`` for backfill."""

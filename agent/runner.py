@@ -393,7 +393,7 @@ class AgentRunner:
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     log.warning("[%s] undecodable frame from the server ignored", self._who)
                     continue
-                self._put(p.FrameReceived(now=time.monotonic(), frame=frame))
+                self._put(p.FrameReceived(now=time.monotonic(), frame=frame, wall=datetime.now(UTC)))
 
     async def _writer(self, ws: ClientConnection, outbox: asyncio.Queue[AgentFrame | None]) -> None:
         """The socket's only writer, so frames leave in the order the protocol chose."""

@@ -399,3 +399,20 @@ def test_socket_heartbeats_the_server_refused_are_not_kept_for_backfill() -> Non
     assert p.heartbeat_errors == 1 and p.heartbeat_count == 1
     assert not [a for a in p.receive(SocketClosed(now=31, code=1006)) if isinstance(a, SpoolHeartbeat)]
     assert first.seq < second.seq  # type: ignore[attr-defined]
+
+
+def test_a_clock_far_off_the_servers_borrows_its_time_for_sent_at() -> None:
+    p = make()
+    p.receive(Started(now=0))
+    p.receive(AuthSucceeded(now=0, expires_in_s=86400))
+    p.receive(SocketOpened(now=0))
+    booted_in_1970 = datetime(1970, 1, 1, tzinfo=UTC)
+    frame = welcome(0).frame
+    out = p.receive(FrameReceived(now=0, frame=frame, wall=booted_in_1970))
+    assert any(isinstance(a, Log) and "clock" in a.message for a in out)
+    [hb] = frames(p.receive(Tick(now=0, wall=booted_in_1970)))
+    assert hb.sent_at == WALL  # type: ignore[attr-defined]
+    near = connected()
+    near.receive(FrameReceived(now=1, frame=frame, wall=WALL.replace(second=30)))  # 30 s: left alone
+    [hb] = frames(near.receive(Tick(now=1, wall=WALL.replace(second=30))))
+    assert hb.sent_at == WALL.replace(second=30)  # type: ignore[attr-defined]
