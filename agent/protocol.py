@@ -331,6 +331,7 @@ class AgentProtocol:
         self._running: set[str] = set()
         self._executed: dict[str, Result] = {}
         self._pending: dict[str, Result] = {}
+        self._set_interval(None)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -383,8 +384,8 @@ class AgentProtocol:
                 return self._auth_failed(event)
             case SocketOpened():
                 self.socket = SocketState.OPEN
-                hello = Hello(boot=self.boot, agent_version=self.settings.agent_version)
-                return [SendFrame(_with_capabilities(hello, self.settings.capabilities))]
+                version, capabilities = self.settings.agent_version, list(self.settings.capabilities)
+                return [SendFrame(Hello(boot=self.boot, agent_version=version, capabilities=capabilities))]
             case SocketClosed():
                 return self._socket_closed(event)
             case FrameReceived(frame=Welcome() as welcome):
@@ -704,10 +705,6 @@ class AgentProtocol:
 
 def _due(at: float | None, now: float) -> bool:
     return at is not None and now >= at
-
-
-def _with_capabilities(hello: Hello, capabilities: tuple[str, ...]) -> Hello:
-    return Hello(boot=hello.boot, agent_version=hello.agent_version, capabilities=list(capabilities))
 
 
 def _rejection_message(status: int | None) -> str:

@@ -2,7 +2,9 @@
 
 One ``AgentRunner`` is one device: its own protocol, spool, token and socket; nothing global, and no
 signal handlers (``agent.__main__`` installs those), so the fleet simulator can run many runners in
-one event loop and share one ``httpx.AsyncClient`` between them (``http=``).
+one event loop and share one ``httpx.AsyncClient`` between them (``http=``); each needs a spool of
+its own (``spool=Spool(Path(":memory:"))`` keeps none on disk). Per-heartbeat lines are logged at
+INFO on ``agent.runner``: raise that logger's level for many agents.
 
 Wire use (all under ``server_url``, which may be the single ``fleet up`` port):
 

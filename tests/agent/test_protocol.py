@@ -416,3 +416,7 @@ def test_a_clock_far_off_the_servers_borrows_its_time_for_sent_at() -> None:
     near.receive(FrameReceived(now=1, frame=frame, wall=WALL.replace(second=30)))  # 30 s: left alone
     [hb] = frames(near.receive(Tick(now=1, wall=WALL.replace(second=30))))
     assert hb.sent_at == WALL.replace(second=30)  # type: ignore[attr-defined]
+
+
+def test_a_maximum_interval_applies_before_the_server_speaks() -> None:
+    assert make(heartbeat_interval_s=30.0, max_interval_s=10.0).interval_s == 10.0
