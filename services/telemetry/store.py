@@ -54,13 +54,21 @@ class LatestCache:
         """The cache key of one device."""
         return f"{self.prefix}telemetry:latest:{device_id}"
 
-    async def store(self, items: Sequence[tuple[str, Envelope]], _ids: Sequence[str] = ()) -> None:
+    async def store(
+        self,
+        items: Sequence[tuple[str, Envelope]],
+        _ids: Sequence[str] = (),
+        *,
+        not_before: datetime | None = None,
+    ) -> None:
         """Cache the newest live heartbeat of each device of a written batch, unless the cache holds a
-        newer one (one round trip)."""
+        newer one (one round trip); readings taken before ``not_before`` are skipped."""
         newest: dict[str, tuple[int, HeartbeatReceived]] = {}
         for _stream, env in items:
             event = _decode(env.data)
             if event.backfill:  # an old heartbeat replayed by the agent is not the latest
+                continue
+            if not_before is not None and reading_time(event) < not_before:
                 continue
             t = (reading_time(event) - _EPOCH) // timedelta(microseconds=1)
             if event.device_id not in newest or newest[event.device_id][0] <= t:

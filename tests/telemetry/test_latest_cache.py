@@ -107,3 +107,35 @@ async def test_a_fresh_redis_is_taught_the_script(redis_server: RedisServer, pre
         assert 295 < await client.ttl(cache.key("d")) <= 300
     finally:
         await client.aclose()
+
+
+async def test_a_socket_heartbeat_reaches_the_latest_route(world: World) -> None:
+    """The gateway appends socket heartbeats itself; the worker's ``telemetry.latest`` group caches
+    them (a backlog reading older than the TTL is not cached as the latest)."""
+    from libs.events.consumer import ConsumerRunner
+    from services.telemetry.consumers import latest_subscription
+
+    from ..integration.helpers import Running
+
+    assert world.host.redis is not None
+    dev, stale_dev = await world.device(), await world.device()
+    gateway = Publisher(world.host.redis, producer="gateway")
+    now = datetime.now(UTC)
+    for device, at in ((stale_dev, now - timedelta(minutes=10)), (dev, now)):
+        event = HeartbeatReceived(
+            device_id=device.device_id, workspace_id=device.workspace_id, received_at=at,
+            seq=1, sent_at=at, metrics={"cpu": 7}, dialect="agent",
+        )  # fmt: skip
+        await gateway.publish(world.stream, event)
+    runner = ConsumerRunner(world.host.redis, latest_subscription(world.host), consumer="t", block_ms=50)
+    async with Running(runner):
+        url = f"/api/v1/devices/{dev.device_id}/latest"
+        for _ in range(300):
+            resp = await world.client.get(url, headers=world.operator(dev.workspace_id))
+            if resp.status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["metrics"] == {"cpu": 7} and resp.json()["dialect"] == "agent"
+    stale = f"/api/v1/devices/{stale_dev.device_id}/latest"
+    assert (await world.client.get(stale, headers=world.operator(stale_dev.workspace_id))).status_code == 404
