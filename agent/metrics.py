@@ -137,6 +137,7 @@ _LCG_A = 6364136223846793005
 _LCG_C = 1442695040888963407
 _INV53 = 1.0 / (1 << 53)
 _INV15 = 1.0 / (1 << 15)
+_BOOT_BASE = 1_767_225_600.0  # 2026-01-01 UTC; simulated boots are up to 30 days before it
 _MAX_STEP_S = 3600.0  # a suspended simulator does not make counters jump by days
 
 
@@ -163,7 +164,13 @@ class MockSampler:
         "_temp_base", "_uptime0",
     )  # fmt: skip
 
-    def __init__(self, seed: int | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        seed: int | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._state = _mix(seed if seed is not None else int.from_bytes(os.urandom(8), "big"))
         self._clock = clock
         self._start = self._last = clock()
@@ -173,9 +180,11 @@ class MockSampler:
         self._disk = 10.0 + 70.0 * u()
         self._cores = (1, 2, 4, 8)[int(4 * u())]
         self._load1 = self._load5 = self._load15 = self._cores * self._cpu / 100.0
-        self._sent, self._recv = int(1e6 + 1e9 * u()), int(1e6 + 5e9 * u())
         self._sent_rate, self._recv_rate = 1e3 + 5e4 * u(), 2e3 + 2e5 * u()  # bytes/s
-        self._uptime0 = 3600.0 + 30 * 86400.0 * u()
+        # The simulated device booted at a time fixed by the seed: an agent restarted with the same
+        # seed (the device id's) reports an uptime and counters that carried on, not new ones.
+        self._uptime0 = max(wall() - (_BOOT_BASE - 30 * 86400.0 * u()), 60.0)
+        self._sent, self._recv = int(self._sent_rate * self._uptime0), int(self._recv_rate * self._uptime0)
         self._temp_base = 35.0 + 15.0 * u()
 
     def _unit(self) -> float:

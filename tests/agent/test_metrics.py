@@ -47,9 +47,9 @@ class FakeClock:
         return self.t
 
 
-def run_mock(seed: int, steps: int, dt: float = 1.0) -> list[dict[str, float]]:
+def run_mock(seed: int, steps: int, dt: float = 1.0, wall: float = 1_780_000_000.0) -> list[dict[str, float]]:
     clock = FakeClock()
-    sampler = MockSampler(seed, clock=clock)
+    sampler = MockSampler(seed, clock=clock, wall=lambda: wall)
     out = []
     for _ in range(steps):
         clock.t += dt
@@ -68,6 +68,14 @@ def test_mock_readings_always_pass_the_server_rules(seed: int, dt: float) -> Non
 def test_mock_is_deterministic_for_a_seed() -> None:
     assert run_mock(7, 200) == run_mock(7, 200)
     assert run_mock(7, 200) != run_mock(8, 200)
+
+
+def test_a_restarted_mock_device_carries_on_its_uptime_and_counters() -> None:
+    """Same seed (the device id's) ten minutes later: uptime and counters continued, not restarted."""
+    before, after = run_mock(5, 1)[0], run_mock(5, 1, wall=1_780_000_600.0)[0]
+    assert after["uptime"] - before["uptime"] == pytest.approx(600.0)
+    for name in COUNTERS:
+        assert after[name] > before[name]
 
 
 def test_make_sampler_mock_is_deterministic_apart_from_the_clock() -> None:
