@@ -296,7 +296,7 @@ async function loadCharts(id) {
 function chart(name, points, backfilled = []) {
   const canvas = el("canvas", { width: "520", height: "220", "aria-label": `${name} chart` });
   const last = points.length ? points[points.length - 1][1] : null;
-  const box = el("div", { class: "chart" }, el("h3", { text: `${name}${last == null ? "" : ` · ${Number(last).toFixed(1)}`}` }), canvas);
+  const box = el("div", { class: "chart" }, el("h3", { text: `${name}${last == null ? "" : ` · ${num(last)}`}` }), canvas);
   if (backfilled.length) box.append(el("p", { class: "legend", text: `○ backfilled (${backfilled.length}) · ● live` }));
   requestAnimationFrame(() => draw(canvas, points, new Set(backfilled)));
   return box;
@@ -315,7 +315,7 @@ function draw(canvas, points, backfilled = new Set()) {
   const Y = (y) => h - pad - ((y - y0) / (y1 - y0)) * (h - 2 * pad);
   ctx.strokeStyle = "#e3e6eb"; ctx.fillStyle = "#6b7385"; ctx.font = "18px system-ui";
   ctx.beginPath(); ctx.moveTo(pad, Y(y0)); ctx.lineTo(w - pad, Y(y0)); ctx.stroke();
-  ctx.fillText(String(+y1.toFixed(1)), 2, pad); ctx.fillText(String(+y0.toFixed(1)), 2, h - pad);
+  ctx.fillText(num(y1), 2, pad); ctx.fillText(num(y0), 2, h - pad);
   ctx.strokeStyle = "#2b6cb0"; ctx.lineWidth = 3; ctx.beginPath();
   xs.forEach((x, i) => (i ? ctx.lineTo(X(x), Y(ys[i])) : ctx.moveTo(X(x), Y(ys[i]))));
   ctx.stroke();
@@ -455,3 +455,12 @@ setInterval(() => {
   else if (state.view.name === "fleet") renderFleet(); // "x s ago"
 }, 5000);
 start();
+
+// A reading for a label: one decimal below 10,000, then k/M/G/T (counters reach billions).
+function num(value) {
+  const v = Number(value), a = Math.abs(v);
+  if (!Number.isFinite(v)) return String(value);
+  if (a < 1e4) return String(+v.toFixed(1));
+  const [d, unit] = a < 1e6 ? [1e3, "k"] : a < 1e9 ? [1e6, "M"] : a < 1e12 ? [1e9, "G"] : [1e12, "T"];
+  return `${+(v / d).toFixed(2)}${unit}`;
+}
