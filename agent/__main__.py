@@ -13,7 +13,8 @@ Exit codes:
 
 A ``restart`` command makes the process re-execute itself (same pid, same arguments) after its
 result is recorded in the spool. Logs go to stderr and to ``<state_dir>/agent.log`` (rotated, what
-``collect_logs`` reads); secrets and tokens are never logged.
+``collect_logs`` reads); secrets and tokens are never logged. While it runs the agent announces
+itself on the LAN over mDNS (``agent.lan``; ``FLEET_AGENT_DISCOVERY=false`` turns that off).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from agent.config import (
     Credentials,
     EnrolmentRefused,
     load_config,
+    read_credentials,
     resolve_credentials,
 )
 from agent.health import start_health_server
+from agent.lan import LanAnnouncer
 from agent.metrics import make_sampler
 from agent.protocol import Settings, backoff_delay
-from agent.runner import AUTH_PATH, HEARTBEAT_PATH, RESTART, AgentRunner, heartbeat_body
+from agent.runner import AGENT_VERSION, AUTH_PATH, HEARTBEAT_PATH, RESTART, AgentRunner, heartbeat_body
 from libs.events.schemas.agent import Heartbeat
 
 log = logging.getLogger("agent")
@@ -115,6 +118,17 @@ async def _once(cfg: AgentConfig, creds: Credentials, http: httpx.AsyncClient) -
     return 0
 
 
+def _known_device_id(cfg: AgentConfig) -> str | None:
+    """The device id the agent already has (configured or stored), without asking the server."""
+    if cfg.device_id and cfg.device_secret:
+        return cfg.device_id
+    try:
+        stored = read_credentials(cfg.state_dir)
+    except ConfigError:
+        return None  # resolve_credentials says what is wrong with the file
+    return stored.device_id if stored is not None else None
+
+
 async def _amain(cfg: AgentConfig, once: bool) -> int:
     stop = asyncio.Event()
     runners: list[AgentRunner] = []  # what a signal must stop, once there is something
@@ -126,6 +140,20 @@ async def _amain(cfg: AgentConfig, once: bool) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, on_signal)
+    enabled = cfg.discovery and not once
+    lan = LanAnnouncer(enabled=enabled, version=AGENT_VERSION, health_port=cfg.health_port)
+    known = _known_device_id(cfg)
+    lan.start(known)  # unclaimed until enrolled; in the background, so it never delays the agent
+    try:
+        return await _agent(cfg, once, stop, runners, lan if known is None else None)
+    finally:
+        await lan.close()
+
+
+async def _agent(
+    cfg: AgentConfig, once: bool, stop: asyncio.Event, runners: list[AgentRunner], lan: LanAnnouncer | None
+) -> int:
+    """Credentials (``lan``: announce the enrolment), then one heartbeat or the runner."""
     async with httpx.AsyncClient(timeout=cfg.http_timeout_s) as http:
         try:
             creds = await _credentials(cfg, http, stop)
@@ -134,6 +162,8 @@ async def _amain(cfg: AgentConfig, once: bool) -> int:
             return 1
         if creds is None:
             return 0
+        if lan is not None:
+            lan.claimed(creds.device_id)
         if once:
             return await _once(cfg, creds, http)
         sampler, registry = make_sampler(cfg.mock), default_registry()

@@ -24,6 +24,7 @@ applied by an ``update_config`` command) < environment variables ``FLEET_AGENT_<
 | ``MOCK`` (or ``MOCK_MODE``) | false | simulated metrics and commands |
 | ``LOG_LEVEL`` | INFO | also logged to ``<state_dir>/agent.log`` (what ``collect_logs`` reads) |
 | ``METRICS`` | all | comma-separated metric names to send (``update_config`` may set it) |
+| ``DISCOVERY`` | true | announce the agent on the LAN over mDNS (``agent.lan``); false: stay silent |
 
 The server's interval (``welcome``, ``nextHeartbeat``) replaces ``HEARTBEAT_INTERVAL_S``; presence is
 judged by it, so ``MAX_INTERVAL_S`` can only shorten it, never lengthen it.
@@ -108,6 +109,7 @@ class AgentConfig:
     mock: bool = False
     log_level: str = "INFO"
     metrics: list[str] | None = None
+    discovery: bool = True
 
     @property
     def scripts(self) -> Path:

@@ -10,6 +10,7 @@ also holds the harness both use.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import signal
@@ -27,6 +28,10 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
+from agent.discovery import DiscoveredAgent, discover
+from agent.runner import AGENT_VERSION
+
+from ..agent.test_discovery import multicast_on_loopback
 from .conftest import REDIS_URL, FleetProcess, as_from_a_terminal, clean_env, free_port, new_database
 
 AGENT = [sys.executable, "-m", "agent"]
@@ -285,7 +290,8 @@ def test_online_on_the_portal_within_2s_then_ping_then_sigterm_is_agent_shutdown
     device_id, secret = platform.new_device(op)
     portal = Portal(platform.url, str(op.headers["Authorization"]).removeprefix("Bearer "))
     try:
-        agent = agents(platform, device_id, secret, tmp_path / "state")
+        # announcing on the LAN, as an agent does by default: it must not delay going online
+        agent = agents(platform, device_id, secret, tmp_path / "state", FLEET_AGENT_DISCOVERY="true")
         online = poll(
             "the device online on the portal",
             lambda: portal.first(lambda f: f.get("device_id") == device_id and f.get("status") == "online"),
@@ -305,6 +311,9 @@ def test_online_on_the_portal_within_2s_then_ping_then_sigterm_is_agent_shutdown
     done = finished_command(op, made.json()["command_id"])
     assert done["state"] == "succeeded", (done, agent.log())
     assert done["result"]["pong"] is True and done["result"]["echo"] == {"n": 7}
+    if multicast_on_loopback():
+        lan = poll("the agent on the LAN", lambda: _announced(agent.health_port), timeout=15, every=0)
+        assert (lan.device_id, lan.claimed, lan.version) == (device_id, True, AGENT_VERSION)
 
     assert agent.stop(signal.SIGTERM) == 0, agent.log()
     last = poll(
@@ -334,6 +343,11 @@ def test_a_wrong_secret_exits_1_with_one_clear_line_and_no_retry_storm(
                     "check the device id and secret"], err  # fmt: skip
     assert 1 <= auth_attempts(platform.prefix, device_id) <= 2, err
     assert secret_free(err, _secret)
+
+
+def _announced(health_port: int) -> DiscoveredAgent | None:
+    """The agent announcing ``health_port`` over mDNS, if one answers within 1.5 s."""
+    return next((a for a in asyncio.run(discover(1.5)) if a.health_port == health_port), None)
 
 
 def secret_free(text: str, secret: str) -> bool:
