@@ -19,7 +19,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy libs $(wildcard services/*/domain.py)
+	$(BIN)/mypy libs $(wildcard services/*/domain.py) agent/protocol.py agent/events.py
 	$(BIN)/lint-imports
 
 test: lint
