@@ -1,4 +1,4 @@
-"""The ``fleet`` console script: ``up``, ``replay``, ``rebuild``, ``streams`` and ``discover``."""
+"""The ``fleet`` console script: ``up``, ``replay``, ``rebuild``, ``streams``, ``discover``, ``simulate``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from . import discover, rebuild, replay, streams, up
+from . import discover, rebuild, replay, simulate, streams, up
 from .config import CommandError
 
-COMMANDS = (up, replay, rebuild, streams, discover)
+COMMANDS = (up, replay, rebuild, streams, discover, simulate)
 
 
 def build_parser() -> argparse.ArgumentParser:
