@@ -6,14 +6,7 @@ one event loop and share one ``httpx.AsyncClient`` between them (``http=``); eac
 its own (``spool=Spool(Path(":memory:"))`` keeps none on disk). Per-heartbeat lines are logged at
 INFO on ``agent.runner``: raise that logger's level for many agents.
 
-Wire use (all under ``server_url``, which may be the single ``fleet up`` port):
-
-- ``POST /api/v1/device/auth`` ``{deviceId, deviceSecret}`` -> ``{token, expiresIn}``;
-- ``GET /api/v1/agent/ws`` (``ws://`` or ``wss://`` derived from the URL), subprotocol
-  ``fleet.agent.v1``, the session in ``Authorization: Bearer`` (never in the URL); frames are
-  ``libs.events.schemas.agent``;
-- ``POST /api/v1/agent/heartbeat`` while the socket is down, ``POST /api/v1/agent/heartbeats`` to
-  replay the spool, both with ``X-Device-Session``.
+The wire (routes, the socket, what each answer means) is ``agent.wire``.
 
 Commands run as tasks through the registry: ``ack`` on arrival (by the protocol), ``result`` after.
 A ``restart`` command makes ``run()`` return ``RESTART`` once its result is recorded.
@@ -22,7 +15,6 @@ A ``restart`` command makes ``run()`` return ``RESTART`` once its result is reco
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import secrets
@@ -30,64 +22,38 @@ import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import msgspec
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus, WebSocketException
-from websockets.typing import Subprotocol
 
 from agent import protocol as p
+from agent import wire
 from agent.commands import CommandContext, CommandOutcome, CommandRegistry
 from agent.config import AgentConfig, Credentials, apply_runtime_config
 from agent.metrics import Sampler
 from agent.spool import Spool
-from libs.events.schemas.agent import (
-    PROTOCOL,
-    AgentFrame,
-    Command,
-    Heartbeat,
-    HeartbeatAck,
-    Result,
-    ServerFrame,
-    Welcome,
-)
+from agent.wire import AUTH_PATH, BATCH_PATH, HEARTBEAT_PATH, WS_PATH, heartbeat_body, ws_url
+from libs.events.schemas.agent import AgentFrame, Command, Heartbeat, HeartbeatAck, Result, Welcome
 
-AUTH_PATH = "/api/v1/device/auth"
-WS_PATH = "/api/v1/agent/ws"
-HEARTBEAT_PATH = "/api/v1/agent/heartbeat"
-BATCH_PATH = "/api/v1/agent/heartbeats"
+# The wire's names stay importable from here (the simulator and the CLI import them).
+__all__ = [
+    "AGENT_VERSION",
+    "AUTH_PATH",
+    "BATCH_PATH",
+    "FINAL_WAIT_S",
+    "HEARTBEAT_PATH",
+    "RESTART",
+    "WS_PATH",
+    "AgentRunner",
+    "heartbeat_body",
+    "settings_for",
+    "ws_url",
+]
+
 AGENT_VERSION = "0.1.0"
 RESTART = 3  # exit code: a restart was requested (``python -m agent`` re-executes itself)
 FINAL_WAIT_S = 5.0  # how long a shutdown waits for bye / the offline heartbeat
 
 log = logging.getLogger("agent.runner")
-_decode_frame = msgspec.json.Decoder(ServerFrame).decode
-_encode = msgspec.json.Encoder().encode
-
-
-class _NoDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """websockets logs every handshake header (the session token) at DEBUG: never let it."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level > logging.DEBUG and self.logger.isEnabledFor(level)
-
-
-_ws_logger = _NoDebug(logging.getLogger("websockets.client"), {})
-
-
-def ws_url(server_url: str) -> str:
-    """The agent socket URL under ``server_url`` (http -> ws, https -> wss)."""
-    parts = urlsplit(server_url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + WS_PATH, "", ""))
-
-
-def heartbeat_body(hb: Heartbeat, boot: str) -> dict[str, Any]:
-    """The HTTP body of an agent heartbeat (also what the spool keeps)."""
-    sent_at = hb.sent_at.isoformat().replace("+00:00", "Z")
-    return {"seq": hb.seq, "sent_at": sent_at, "status": hb.status, "metrics": dict(hb.metrics), "boot": boot}
 
 
 def settings_for(cfg: AgentConfig, capabilities: list[str]) -> p.Settings:
@@ -103,17 +69,6 @@ def settings_for(cfg: AgentConfig, capabilities: list[str]) -> p.Settings:
         agent_version=AGENT_VERSION,
         capabilities=tuple(capabilities),
     )
-
-
-def _status(response: httpx.Response) -> int:
-    return int(response.status_code)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 class AgentRunner:
@@ -326,102 +281,37 @@ class AgentRunner:
         if self._own_http and self._http is not None:
             await self._http.aclose()
 
-    # --- I/O ----------------------------------------------------------------------------------
-
-    def _url(self, path: str) -> str:
-        return self.cfg.server_url.rstrip("/") + path
+    # --- I/O (the wire decides what each answer means) -----------------------------------------
 
     async def _authenticate(self) -> None:
         assert self._http is not None
-        body = {"deviceId": self.credentials.device_id, "deviceSecret": self.credentials.device_secret}
-        try:
-            answer = await self._http.post(self._url(AUTH_PATH), json=body)
-            if _status(answer) != 200:
-                self._put(
-                    p.AuthFailed(
-                        now=time.monotonic(), status=_status(answer), retry_after_s=_retry_after(answer)
-                    )
-                )
-                return
-            data = answer.json()
-            self._token = str(data["token"])
-            expires_in = float(data.get("expiresIn") or 3600)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.debug("[%s] authentication not answered: %s", self._who, type(exc).__name__)
-            self._put(p.AuthFailed(now=time.monotonic()))
-            return
-        self._put(p.AuthSucceeded(now=time.monotonic(), expires_in_s=expires_in))
-
-    def _session(self) -> dict[str, str]:
-        return {"X-Device-Session": self._token or ""}
+        event, token = await wire.authenticate(self._http, self.cfg.server_url, self.credentials)
+        if token is not None:
+            self._token = token
+        self._put(event)
 
     async def _socket(self) -> None:
-        """One socket's life: handshake, reader, writer; always ends with SocketClosed."""
-        code: int | None = None
-        refused: int | None = None
         outbox: asyncio.Queue[AgentFrame | None] = asyncio.Queue()
-        try:
-            async with connect(
-                ws_url(self.cfg.server_url),
-                subprotocols=[Subprotocol(PROTOCOL)],
-                additional_headers={"Authorization": f"Bearer {self._token or ''}"},
-                open_timeout=self.cfg.http_timeout_s,
-                max_size=1 << 20,
-                compression=None,
-                logger=_ws_logger,
-            ) as ws:
+
+        def attach(live: bool) -> None:
+            if live:
                 self._outbox = outbox
-                self._put(p.SocketOpened(now=time.monotonic()))
-                writer = asyncio.create_task(self._writer(ws, outbox))
-                try:
-                    await self._reader(ws)
-                finally:
-                    writer.cancel()
-                code = ws.close_code
-        except InvalidStatus as exc:
-            refused = exc.response.status_code
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            log.debug("[%s] agent socket: %s", self._who, type(exc).__name__)
-        finally:
-            if self._outbox is outbox:
+            elif self._outbox is outbox:
                 self._outbox = None
-            self._put(p.SocketClosed(now=time.monotonic(), code=code, handshake_status=refused))
 
-    async def _reader(self, ws: ClientConnection) -> None:
-        with contextlib.suppress(WebSocketException):
-            async for message in ws:
-                try:
-                    frame = _decode_frame(message)
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    log.warning("[%s] undecodable frame from the server ignored", self._who)
-                    continue
-                self._put(p.FrameReceived(now=time.monotonic(), frame=frame, wall=datetime.now(UTC)))
-
-    async def _writer(self, ws: ClientConnection, outbox: asyncio.Queue[AgentFrame | None]) -> None:
-        """The socket's only writer, so frames leave in the order the protocol chose."""
-        with contextlib.suppress(WebSocketException):
-            while (frame := await outbox.get()) is not None:
-                await ws.send(_encode(frame).decode())
-            await ws.close(1000)
+        await wire.socket_session(
+            self.cfg.server_url,
+            self._token,
+            outbox=outbox,
+            attach=attach,
+            put=self._put,
+            open_timeout=self.cfg.http_timeout_s,
+            who=self._who,
+        )
 
     async def _post_heartbeat(self, hb: Heartbeat, boot: str) -> None:
         assert self._http is not None
-        try:
-            answer = await self._http.post(
-                self._url(HEARTBEAT_PATH), json=heartbeat_body(hb, boot), headers=self._session()
-            )
-            if _status(answer) == 200:
-                next_ms = answer.json().get("nextHeartbeat")
-                nxt = (
-                    int(next_ms)
-                    if isinstance(next_ms, int | float) and not isinstance(next_ms, bool)
-                    else None
-                )
-                self._put(p.HeartbeatAnswered(now=time.monotonic(), seq=hb.seq, next_heartbeat_ms=nxt))
-                return
-            self._put(p.HeartbeatFailed(now=time.monotonic(), seq=hb.seq, status=_status(answer)))
-        except (httpx.HTTPError, ValueError, AttributeError):
-            self._put(p.HeartbeatFailed(now=time.monotonic(), seq=hb.seq))
+        self._put(await wire.post_heartbeat(self._http, self.cfg.server_url, hb, boot, self._token))
 
     async def _post_batch(self, limit: int) -> None:
         assert self._http is not None
@@ -430,14 +320,10 @@ class AgentRunner:
         if not rows:
             self._put(p.BatchAnswered(now=time.monotonic(), sent=0, remaining=self.spool.heartbeat_count()))
             return
-        body = {"heartbeats": [item for _, item in rows]}
-        try:
-            answer = await self._http.post(self._url(BATCH_PATH), json=body, headers=self._session())
-        except httpx.HTTPError:
-            self._put(p.BatchFailed(now=time.monotonic()))
-            return
-        if _status(answer) != 200:
-            self._put(p.BatchFailed(now=time.monotonic(), status=_status(answer)))
+        items = [item for _, item in rows]
+        status = await wire.post_batch(self._http, self.cfg.server_url, items, self._token)
+        if status != 200:
+            self._put(p.BatchFailed(now=time.monotonic(), status=status))
             return
         self.spool.delete_heartbeats(self._batch_ids)
         remaining = self.spool.heartbeat_count()
