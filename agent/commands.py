@@ -8,18 +8,27 @@ every run and clips what goes back to the server's limits, so no outcome is ever
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from agent.process import SCRIPT_TIMEOUT_DEFAULT_S as SCRIPT_TIMEOUT_DEFAULT_S  # re-exported
+from agent.process import SCRIPT_TIMEOUT_MAX_S as SCRIPT_TIMEOUT_MAX_S
+from agent.process import ProcessRun as ProcessRun
+from agent.process import (
+    ScriptError,
+    run_process,
+    script_args,
+    script_path,
+    script_timeout,
+)
 
 # The server's limits are bytes of UTF-8: output 10 KiB, error 5 KiB, result 64 KiB of JSON. The
 # gateway also closes a socket whose frame is over 64 KiB, and a result frame carries all three at
@@ -31,9 +40,6 @@ MAX_RESULT = 40_000
 MAX_ECHO = 4_096
 LOG_LINES_DEFAULT, LOG_LINES_MAX = 100, 1_000
 _LOG_READ_BYTES = 256 * 1024  # a tail of 1,000 lines never needs more than this of each file
-SCRIPT_TIMEOUT_DEFAULT_S, SCRIPT_TIMEOUT_MAX_S = 30.0, 300.0
-_SCRIPT_MAX_ARGS, _SCRIPT_MAX_ARG = 64, 4_096
-_KILL_GRACE_S = 2.0  # after a kill, how long the pipes may take to close
 REBOOT_COMMANDS: tuple[tuple[str, ...], ...] = (("systemctl", "reboot"), ("/sbin/reboot",))
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _METRIC_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
@@ -188,7 +194,7 @@ async def reboot(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
         raise CommandFailed("reboot is not allowed on this device (set FLEET_AGENT_ALLOW_REBOOT=true)")
     problems = []
     for argv in (list(a) for a in REBOOT_COMMANDS if shutil.which(a[0])):
-        run = await run_process(argv, timeout_s=30.0, cwd=Path("/"))
+        run = await run_process(argv, timeout_s=30.0, cwd=Path("/"), keep_stderr=2 * MAX_ERROR)
         if run.exit_code == 0:
             return succeeded({"rebooted": True, "mock": False, "command": argv})
         problems.append(f"{' '.join(argv)} exited {run.exit_code}: {run.stderr.strip()}")  # try the next
@@ -287,111 +293,20 @@ async def collect_logs(params: dict[str, Any], ctx: CommandContext) -> CommandOu
     return succeeded({"files": files, "lines": lines}, output=clip(text, MAX_OUTPUT, keep_end=True))
 
 
-# ---- run_script -------------------------------------------------------------------------------------
-
-
-def script_path(scripts_dir: Path, name: Any) -> Path:
-    """The executable ``name`` directly inside ``scripts_dir``; raises CommandFailed for anything else."""
-    if not isinstance(name, str) or not name or name.startswith(".") or "\x00" in name or len(name) > 255:
-        raise CommandFailed("name: a file name inside the scripts directory")
-    if any(sep in name for sep in ("/", "\\", os.sep, os.altsep) if sep):
-        raise CommandFailed("name: no path separators")
-    try:
-        base = scripts_dir.resolve(strict=True)
-        path = (scripts_dir / name).resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise CommandFailed(f"no script named {name!r}") from None
-    if path.parent != base or not path.is_file():  # a symlink may point anywhere: judge its target
-        raise CommandFailed(f"{name!r} is not a script of the scripts directory")
-    if not os.access(path, os.X_OK):
-        raise CommandFailed(f"{name!r} is not executable")
-    if path.stat().st_mode & 0o002:  # anyone on the device could change what it runs
-        raise CommandFailed(f"{name!r} is writable by everyone")
-    return path
-
-
-def script_args(args: Any) -> list[str]:
-    """The script's arguments: at most 64 strings, each at most 4,096 characters, no NULs."""
-    if args is None:
-        return []
-    ok = isinstance(args, list) and len(args) <= _SCRIPT_MAX_ARGS
-    if not ok or not all(isinstance(a, str) and len(a) <= _SCRIPT_MAX_ARG and "\x00" not in a for a in args):
-        raise CommandFailed(f"args: a list of at most {_SCRIPT_MAX_ARGS} strings")
-    return list(args)
-
-
-def script_timeout(v: Any) -> float:
-    """The timeout in seconds: default 30, at most 300."""
-    if v is None:
-        return SCRIPT_TIMEOUT_DEFAULT_S
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-        raise CommandFailed("timeout_s: a positive number of seconds")
-    return min(float(v), SCRIPT_TIMEOUT_MAX_S)
-
-
-@dataclass(frozen=True)
-class ProcessRun:
-    """What a finished (or killed) process left: exit code and the start of its output."""
-
-    exit_code: int
-    timed_out: bool
-    stdout: str
-    stderr: str
-    stdout_bytes: int
-    stderr_bytes: int
-
-
-class _Capture:
-    """A pipe read to its end, keeping its first ``keep`` bytes (a chatty process costs no memory)."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep, self.kept, self.total = keep, bytearray(), 0
-
-    async def drain(self, stream: asyncio.StreamReader | None) -> None:
-        while stream is not None and (chunk := await stream.read(65536)):
-            self.total += len(chunk)
-            self.kept += chunk[: max(self.keep - len(self.kept), 0)]
-
-    def text(self) -> str:
-        return self.kept.decode(errors="replace")
-
-
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the group: children the script started die with it
-
-
-async def run_process(argv: list[str], *, timeout_s: float, cwd: Path) -> ProcessRun:
-    """Run ``argv`` without a shell in its own process group; kill the group at the timeout."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=cwd, start_new_session=True,
-    )  # fmt: skip
-    out, err = _Capture(MAX_OUTPUT * 2), _Capture(MAX_ERROR * 2)
-    reads = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
-    timed_out = False
-    try:
-        async with asyncio.timeout(timeout_s):
-            await asyncio.shield(reads)
-            await proc.wait()
-    except TimeoutError:
-        timed_out = True
-    finally:  # also on cancellation: never leave the script running
-        if proc.returncode is None:
-            _kill_group(proc)
-        if not timed_out and not reads.done():
-            reads.cancel()
-    with contextlib.suppress(TimeoutError):  # a process that left the group may still hold a pipe
-        await asyncio.wait_for(reads, _KILL_GRACE_S)
-    code = await proc.wait()
-    return ProcessRun(code, timed_out, out.text(), err.text(), out.total, err.total)
+# ---- run_script (the process itself is agent.process) ---------------------------------------------
 
 
 async def run_script(params: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
     """Run an allow-listed script of ``ctx.scripts_dir`` (also in mock mode: the list is the guard)."""
-    path = script_path(ctx.scripts_dir, params.get("name"))
-    args, timeout_s = script_args(params.get("args")), script_timeout(params.get("timeout_s"))
-    run = await run_process([str(path), *args], timeout_s=timeout_s, cwd=path.parent)
+    try:
+        path = script_path(ctx.scripts_dir, params.get("name"))
+        args, timeout_s = script_args(params.get("args")), script_timeout(params.get("timeout_s"))
+    except ScriptError as exc:
+        raise CommandFailed(str(exc)) from None
+    run = await run_process(
+        [str(path), *args], timeout_s=timeout_s, cwd=path.parent,
+        keep_stdout=2 * MAX_OUTPUT, keep_stderr=2 * MAX_ERROR,
+    )  # fmt: skip
     result = {
         "exit_code": run.exit_code, "timed_out": run.timed_out, "timeout_s": timeout_s,
         "stdout_bytes": run.stdout_bytes, "stderr_bytes": run.stderr_bytes,
