@@ -1,11 +1,12 @@
 """The device agent as a real process (``python -m agent``) against a real ``fleet up``.
 
 One platform for the module (its own database and key prefix, presence interval 1 s / timeout 3 s)
-and a fresh device per test: the agent is online on a portal socket within 2 s of its start, a
-``ping`` makes the round trip, SIGTERM leaves ``offline`` with ``agent_shutdown``, and a wrong secret
-ends the process with exit code 1 after at most two authentication attempts. The outage and the
-redelivery after a restart, which stop the platform, are in ``test_agent_outage.py``; this module
-also holds the harness both use.
+and a fresh device per test: the agent is online on a portal socket within 2 s of its start (while
+announcing itself on the LAN), a ``ping`` makes the round trip, SIGTERM leaves ``offline`` with
+``agent_shutdown`` (over the socket, and over HTTP without one), a wrong secret ends the process
+with exit code 1 after at most two authentication attempts, and an agent that enrols is announced
+claimed with its new id. The outage and the redelivery after a restart, which stop the platform,
+are in ``test_agent_outage.py``; this module also holds the harness both use.
 """
 
 from __future__ import annotations
@@ -343,6 +344,38 @@ def test_a_wrong_secret_exits_1_with_one_clear_line_and_no_retry_storm(
                     "check the device id and secret"], err  # fmt: skip
     assert 1 <= auth_attempts(platform.prefix, device_id) <= 2, err
     assert secret_free(err, _secret)
+
+
+@pytest.mark.slow
+def test_without_a_socket_sigterm_sends_a_final_offline_heartbeat(
+    platform: Platform, op: httpx.Client, agents: Callable[..., Agent], tmp_path: Path
+) -> None:
+    device_id, secret = platform.new_device(op)
+    agent = agents(platform, device_id, secret, tmp_path / "state", FLEET_AGENT_HTTP_ONLY="true")
+    poll("online over HTTP", lambda: device(op, device_id)["status"] == "online")
+    assert (agent.health() or {}).get("websocket") == "disconnected"
+    assert agent.stop(signal.SIGTERM) == 0, agent.log()
+    last = poll("offline after SIGTERM", lambda: (h := history(op, device_id)) and h[-1], timeout=10)
+    assert (last["status"], last["reason"]) == ("offline", "agent_shutdown"), history(op, device_id)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not multicast_on_loopback(), reason="no multicast in this environment")
+def test_an_enrolled_agent_is_announced_claimed_with_its_new_device_id(
+    platform: Platform, op: httpx.Client, agents: Callable[..., Agent], tmp_path: Path
+) -> None:
+    token = op.post("/api/v1/enrolment-tokens", json={"max_uses": 1})
+    assert token.status_code == 201, token.text
+    env = {"FLEET_AGENT_DISCOVERY": "true", "FLEET_AGENT_ENROLMENT_TOKEN": token.json()["token"]}
+    agent = agents(platform, "", "", tmp_path / "state", **env)
+    lan = poll("the agent claimed on the LAN", lambda: _claimed(agent.health_port), timeout=20, every=0)
+    assert device(op, lan.device_id)["status"] == "online"
+    assert agent.stop(signal.SIGTERM) == 0, agent.log()
+
+
+def _claimed(health_port: int) -> DiscoveredAgent | None:
+    found = _announced(health_port)
+    return found if found is not None and found.claimed and found.device_id else None
 
 
 def _announced(health_port: int) -> DiscoveredAgent | None:
