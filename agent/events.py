@@ -180,7 +180,11 @@ class SpoolHeartbeat:
 
 @dataclass(frozen=True)
 class RecordResult:
-    """Persist a command's result (the command counts as executed, its result as pending)."""
+    """Persist a command's result (the command counts as executed, its result as pending).
+
+    Also issued before a command runs, with ``interrupted_result``: the result a later run reports
+    if this one ends before the command does; the real result replaces it.
+    """
 
     result: Result
 

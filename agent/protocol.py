@@ -10,7 +10,9 @@ Decisions made here: authentication and re-authentication before the session exp
 refresh endpoint), reconnects with exponential backoff and full jitter (reset after a stable
 connection), heartbeats over the socket or over HTTP while it is down, the interval the server asks
 for, sampling heartbeats into the spool while the server is unreachable and replaying the spool in
-batches afterwards, command dedup by ``command_id``, result resends, and the clean shutdown.
+batches afterwards, command dedup by ``command_id`` (a command is recorded as interrupted before it
+runs, so one cut short by a stop or a crash is reported, never run again), result resends, and the
+clean shutdown.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ __all__ = [
     "Started",
     "Tick",
     "backoff_delay",
+    "interrupted_result",
 ]
 
 REJECTED = frozenset({400, 401, 403})  # auth answers that a retry cannot fix
@@ -361,7 +364,9 @@ class AgentProtocol:
             actions.append(SendFrame(done))  # a redelivery: acknowledge and resend, never run twice
         elif command_id not in self._running:
             self._running.add(command_id)
-            actions.append(RunCommand(frame))
+            # Recorded before it runs: if the agent stops (or dies) meanwhile, the next run answers the
+            # redelivery with this instead of running the command a second time.
+            actions += [RecordResult(interrupted_result(command_id)), RunCommand(frame)]
         return actions
 
     def _heartbeat_acked(self, now: float, seq: int) -> list[Action]:
@@ -551,6 +556,12 @@ class AgentProtocol:
         self._executed[command_id] = result
         while len(self._executed) > self.settings.max_executed:
             del self._executed[next(iter(self._executed))]
+
+
+def interrupted_result(command_id: str) -> Result:
+    """What a command that was running when the agent stopped is reported as (it is never run again)."""
+    error = "interrupted: the agent stopped while this command ran; it was not run again"
+    return Result(command_id=command_id, status="failed", error=error)
 
 
 def _due(at: float | None, now: float) -> bool:

@@ -38,6 +38,7 @@ from agent.protocol import (
     Started,
     Tick,
     backoff_delay,
+    interrupted_result,
 )
 from libs.events.schemas.agent import (
     Ack,
@@ -265,7 +266,9 @@ def test_heartbeats_unacknowledged_when_the_socket_dies_go_to_the_spool() -> Non
 def test_a_command_is_acked_run_once_and_a_redelivery_gets_ack_and_the_stored_result() -> None:
     p = connected()
     first = p.receive(command())
-    assert first[0] == SendFrame(Ack(command_id="cmd-1")) and isinstance(first[1], RunCommand)
+    # recorded as interrupted before it runs: a stop or a crash meanwhile must not make it run twice
+    assert first[:2] == [SendFrame(Ack(command_id="cmd-1")), RecordResult(interrupted_result("cmd-1"))]
+    assert isinstance(first[2], RunCommand) and len(first) == 3
     assert p.receive(command()) == [SendFrame(Ack(command_id="cmd-1"))]  # still running
     done = p.receive(CommandFinished(now=1, result=result()))
     assert done == [RecordResult(result()), SendFrame(result())]

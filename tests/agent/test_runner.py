@@ -198,6 +198,37 @@ async def test_a_restarted_agent_answers_a_redelivered_command_without_running_i
     assert [f["command_id"] for f in server.frames if f["type"] == "result"][:1] == ["cmd-7"]
 
 
+class HangingRegistry(FakeRegistry):
+    async def run(self, command_type: str, parameters: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
+        self.runs.append(command_type)
+        await asyncio.Event().wait()  # still running when the agent is stopped
+        raise AssertionError("unreachable")
+
+
+async def test_a_command_cut_short_by_a_stop_is_reported_interrupted_and_never_run_again(
+    server: FakeServer, tmp_path: Path
+) -> None:
+    server.commands = ["cmd-9"]
+    runner, _ = make_runner(server, tmp_path)
+    runner.registry = hanging = HangingRegistry()
+    task = asyncio.create_task(runner.run())
+    await wait_for(lambda: hanging.runs == ["ping"])
+    runner.request_shutdown()
+    assert await asyncio.wait_for(task, 5) == 0
+    assert not [f for f in server.frames if f["type"] == "result"]  # it never finished
+
+    again, registry = make_runner(server, tmp_path)  # the next run gets the command again
+    task = asyncio.create_task(again.run())
+    await wait_for(lambda: [f["type"] for f in server.frames].count("ack") == 4)
+    await wait_for(lambda: any(f["type"] == "result" for f in server.frames))
+    again.request_shutdown()
+    assert await asyncio.wait_for(task, 5) == 0
+    assert registry.runs == []
+    results = [f for f in server.frames if f["type"] == "result"]
+    assert {(f["command_id"], f["status"]) for f in results} == {("cmd-9", "failed")}
+    assert results[0]["error"].startswith("interrupted: the agent stopped while this command ran")
+
+
 async def test_heartbeats_spooled_in_an_outage_are_replayed_in_order(
     server: FakeServer, tmp_path: Path
 ) -> None:

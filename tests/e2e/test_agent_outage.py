@@ -5,7 +5,9 @@ same port, database and key prefix, each test on a platform of its own.
   order, each ``(boot, seq)`` once, flagged ``backfilled`` on the raw chart) and the status history
   shows the gap with its reason;
 - a command whose result could not reach the server, then an agent restart: the server delivers it
-  again and the agent answers from its spool without running it a second time.
+  again and the agent answers from its spool without running it a second time;
+- a command still running when the agent is stopped: the next run reports it interrupted and does
+  not run it again (the platform keeps running for this one).
 """
 
 from __future__ import annotations
@@ -226,6 +228,40 @@ def test_a_command_redelivered_after_an_agent_restart_is_not_run_twice(
     # redelivery are one result to the server (the second push may follow the result in the log,
     # so the command's attempts need not count it)
     assert [kind for kind, _e in steps].count("CommandFinished") == 1, steps
+    op.close()
+    assert agent.stop() == 0, agent.log()
+
+
+@pytest.mark.slow
+def test_a_command_cut_short_by_sigterm_is_reported_interrupted_and_not_run_again(
+    platform_for: Callable[[], Platform], agents: Callable[..., Agent], tmp_path: Path
+) -> None:
+    platform = platform_for()
+    platform.start()
+    scripts, ran = tmp_path / "scripts", tmp_path / "ran.txt"
+    scripts.mkdir()
+    (scripts / "once.sh").write_text(SCRIPT)
+    (scripts / "once.sh").chmod(stat.S_IRWXU)
+    op = platform.operator()
+    device_id, secret = platform.new_device(op)
+    state, env = tmp_path / "state", {"FLEET_AGENT_SCRIPTS_DIR": str(scripts)}
+    agent = agents(platform, device_id, secret, state, **env)
+    poll("online", lambda: device(op, device_id)["status"] == "online")
+    made = op.post(
+        f"/api/v1/devices/{device_id}/commands",
+        json={"command_type": "run_script", "parameters": {"name": "once.sh", "args": [str(ran)]}},
+    )
+    assert made.status_code == 201, made.text
+    command_id = made.json()["command_id"]
+    poll("the script started", lambda: ran.exists() and ran.read_text())
+    state_of = lambda: op.get(f"/api/v1/commands/{command_id}").json()["state"]  # noqa: E731
+    poll("the command delivered", lambda: state_of() == "delivered")
+    assert agent.stop(signal.SIGTERM) == 0, agent.log()  # the script is killed with the agent
+
+    agent = agents(platform, device_id, secret, state, **env)  # the server hands it over again
+    done = finished_command(op, command_id, timeout=30)
+    assert done["state"] == "failed" and done["error"].startswith("interrupted:"), done
+    assert ran.read_text().count("ran ") == 1, ran.read_text()
     op.close()
     assert agent.stop() == 0, agent.log()
 
