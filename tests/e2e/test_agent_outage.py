@@ -131,7 +131,8 @@ def test_an_outage_is_spooled_then_backfilled_in_order_and_shows_in_the_history(
         assert len(keys) == len(set(keys)), keys
         assert [hb.seq for hb in back] == sorted(hb.seq for hb in back), keys
         assert len({hb.boot for hb in seen}) == 1
-        assert all(hb.sent_at and down_at - timedelta(seconds=2) <= hb.sent_at <= up_at for hb in back)
+        window = (down_at - timedelta(seconds=2), up_at + timedelta(seconds=3))
+        assert all(hb.sent_at and window[0] <= hb.sent_at <= window[1] for hb in back), keys
         db_url = platform.env["DATABASE_URL"]
         rows = poll("the backfill stored", lambda: len(r := db_rows(db_url, device_id)) >= len(seen) and r)
         assert len(rows) == len({r["seq"] for r in rows}), rows
@@ -171,9 +172,10 @@ def _transitions_after(items: list[dict[str, Any]], at: datetime) -> list[dict[s
 
 
 SCRIPT = """#!/bin/sh
-# one line per run, then a while: long enough for the test to stop the platform meanwhile
+# one line per run, then wait (at most 30 s) until the test says go: it stops the platform meanwhile
 echo "ran $$" >> "$1"
-sleep 4
+i=0
+while [ ! -e "$2" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 echo done
 """
 
@@ -184,7 +186,7 @@ def test_a_command_redelivered_after_an_agent_restart_is_not_run_twice(
 ) -> None:
     platform = platform_for()
     platform.start()
-    scripts, ran = tmp_path / "scripts", tmp_path / "ran.txt"
+    scripts, ran, go = tmp_path / "scripts", tmp_path / "ran.txt", tmp_path / "go"
     scripts.mkdir()
     (scripts / "once.sh").write_text(SCRIPT)
     (scripts / "once.sh").chmod(stat.S_IRWXU)
@@ -196,7 +198,7 @@ def test_a_command_redelivered_after_an_agent_restart_is_not_run_twice(
     poll("online", lambda: device(op, device_id)["status"] == "online")
     made = op.post(
         f"/api/v1/devices/{device_id}/commands",
-        json={"command_type": "run_script", "parameters": {"name": "once.sh", "args": [str(ran)]}},
+        json={"command_type": "run_script", "parameters": {"name": "once.sh", "args": [str(ran), str(go)]}},
     )
     assert made.status_code == 201, made.text
     command_id = made.json()["command_id"]
@@ -205,7 +207,8 @@ def test_a_command_redelivered_after_an_agent_restart_is_not_run_twice(
     poll("the command delivered", lambda: get()["state"] == "delivered")
     op.close()
 
-    platform.stop()  # the result cannot reach the server now
+    platform.stop()
+    go.touch()  # the script ends now, and its result cannot reach the server
     poll("the result spooled", lambda: "done" in _spooled_result(state, command_id), timeout=20)
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     platform.start()
@@ -238,7 +241,7 @@ def test_a_command_cut_short_by_sigterm_is_reported_interrupted_and_not_run_agai
 ) -> None:
     platform = platform_for()
     platform.start()
-    scripts, ran = tmp_path / "scripts", tmp_path / "ran.txt"
+    scripts, ran, go = tmp_path / "scripts", tmp_path / "ran.txt", tmp_path / "go"
     scripts.mkdir()
     (scripts / "once.sh").write_text(SCRIPT)
     (scripts / "once.sh").chmod(stat.S_IRWXU)
@@ -249,7 +252,7 @@ def test_a_command_cut_short_by_sigterm_is_reported_interrupted_and_not_run_agai
     poll("online", lambda: device(op, device_id)["status"] == "online")
     made = op.post(
         f"/api/v1/devices/{device_id}/commands",
-        json={"command_type": "run_script", "parameters": {"name": "once.sh", "args": [str(ran)]}},
+        json={"command_type": "run_script", "parameters": {"name": "once.sh", "args": [str(ran), str(go)]}},
     )
     assert made.status_code == 201, made.text
     command_id = made.json()["command_id"]
