@@ -275,15 +275,20 @@ def read_credentials(state_dir: Path) -> Credentials | None:
 
 
 def agent_id(state_dir: Path) -> str:
-    """This installation's random id, made once and kept (persisted before any enrolment)."""
+    """This installation's random id, made once and kept (persisted before any enrolment).
+
+    With the enrolment token it is the key of a retried enrolment, so it is a secret of 128 bits
+    (the server refuses ids shorter than 32 characters); a shorter one kept by an older agent is
+    replaced.
+    """
     path = state_dir / AGENT_ID_FILE
     try:
         existing = path.read_text().strip()
     except FileNotFoundError:
         existing = ""
-    if existing:
+    if len(existing) >= 32:
         return existing
-    new = "agt-" + secrets.token_hex(12)
+    new = "agt-" + secrets.token_hex(16)
     _write_file(path, new + "\n", mode=0o600)
     return new
 

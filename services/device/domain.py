@@ -36,7 +36,12 @@ RESERVED_IDS = frozenset({"pending", "sites", "bulk"})
 MAX_TOKEN_USES = 100_000
 MAX_TOKEN_TTL_S = 30 * 86_400
 MAX_BULK = 1000
-AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}\Z"
+# An agent id is a secret of the agent's (with the token, it is the retry key): at least 128 bits.
+AGENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{32,128}\Z"
+# A retried enrolment (same token, same agent id) is answered only this long after the first one:
+# long enough for an agent to retry after a lost answer, too short to make a stolen token and agent
+# id a standing key to the device.
+ENROL_RETRY_WINDOW = timedelta(minutes=10)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
@@ -400,15 +405,29 @@ def invalid_token() -> DomainError:
     return DomainError("unauthorized", "INVALID_ENROLMENT_TOKEN", "invalid enrolment token")
 
 
-def decide_enrol(token: EnrolmentToken | None, *, enrolled: str | None, now: datetime) -> str:
+@dataclass(frozen=True)
+class EnrolledAgent:
+    """What the registry remembers of an agent that enrolled with a token."""
+
+    device_id: str
+    credential_id: str  # the secret the registry last gave it
+    first_enrolled_at: datetime
+    credential_revoked: bool  # an operator revoked or replaced that secret since
+
+
+def decide_enrol(token: EnrolmentToken | None, *, enrolled: EnrolledAgent | None, now: datetime) -> str:
     """``retry`` (the agent already has a live device from this token) or ``new``; else refused.
 
     A retry needs a token that is neither revoked nor expired, but does not need a use left: the
-    use was counted by the first enrolment.
+    use was counted by the first enrolment. It is refused once ``ENROL_RETRY_WINDOW`` has passed
+    since the first enrolment, or when the device's secret was revoked since: the token and agent id
+    (say, from a stolen SD card) must not undo an operator's revocation.
     """
     if token is None or token.state(now) in ("revoked", "expired"):
         raise invalid_token()
     if enrolled is not None:
+        if enrolled.credential_revoked or now - enrolled.first_enrolled_at > ENROL_RETRY_WINDOW:
+            raise invalid_token()
         return "retry"
     if token.state(now) == "used_up":
         raise invalid_token()

@@ -2,7 +2,8 @@
 
 A token is 256 random bits, shown once, kept and announced only as SHA-256. An agent enrols with
 the token and an id of its own (``agent_id``, kept as SHA-256 too): the first time the token makes
-it a device (one use); the same agent again gets the same device with a fresh secret (no use).
+it a device (one use); the same agent again, shortly after and while its secret was not revoked,
+gets the same device with a fresh secret (no use).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .domain import (
     ENROLMENT,
     AgentEnrol,
     DomainError,
+    EnrolledAgent,
     EnrolmentToken,
     NewEnrolmentToken,
     check_site,
@@ -94,18 +96,29 @@ class Enrolment:
         """Register the agent's device (one use of the token), or rotate the secret of the device it
         already has from this token (a retry after a lost answer)."""
         digest, agent = secret_hash(cmd.enrolment_token), secret_hash(cmd.agent_id)
+        identity = self.registry.host.identity
+        if identity is not None:  # read revocations up to now before any row is locked (a Redis read)
+            await identity.feed.catch_up()
         async with self.registry.outbox.transaction() as tx:
             found = await db.token_by_hash(tx.conn, digest)
             if found is not None and not same_hash(found[1], digest):
                 found = None  # defence in depth behind the index's equality match (constant time)
             token = found[0] if found is not None else None
-            mine = await db.enrolled_device(tx.conn, token.token_id, agent) if token is not None else None
+            row = await db.enrolled_device(tx.conn, token.token_id, agent) if token is not None else None
+            mine = self._enrolled(row)
             now = datetime.now(UTC)
-            if decide_enrol(token, enrolled=mine[0] if mine else None, now=now) == "retry":
+            if decide_enrol(token, enrolled=mine, now=now) == "retry":
                 assert token is not None and mine is not None
                 return await self._rotate(tx, token, agent, mine, now)
             assert token is not None
             return await self._register(tx, token, agent, cmd, now)
+
+    def _enrolled(self, row: tuple[str, str, datetime] | None) -> EnrolledAgent | None:
+        if row is None:
+            return None
+        identity = self.registry.host.identity
+        revoked = identity is not None and row[1] in identity.feed.index.revoked_credentials
+        return EnrolledAgent(row[0], row[1], row[2], credential_revoked=revoked)
 
     async def _register(
         self, tx: OutboxTx, token: EnrolmentToken, agent: str, cmd: AgentEnrol, now: datetime
@@ -132,14 +145,13 @@ class Enrolment:
         return Enrolled(device.device_id, device.workspace_id, secrets["secret"], new=True)
 
     async def _rotate(
-        self, tx: OutboxTx, token: EnrolmentToken, agent: str, mine: tuple[str, str], now: datetime
+        self, tx: OutboxTx, token: EnrolmentToken, agent: str, mine: EnrolledAgent, now: datetime
     ) -> Enrolled:
-        device_id, last_credential = mine
+        device_id, last_credential = mine.device_id, mine.credential_id
         creds, secrets = mint(("secret",))
         identity = self.registry.host.identity
         live: list[str] = []
         if identity is not None:  # secrets minted since (auth's rotations) are replaced too
-            await identity.feed.catch_up()
             live = [c.credential_id for c in identity.feed.index.live(device_id, "secret")]
         events = decide_rotate(
             device_id, token.workspace_id, creds[0], replaces=[last_credential, *live], by=ENROLMENT

@@ -93,24 +93,30 @@ async def save_token(conn: Conn, t: EnrolmentToken) -> None:
     )
 
 
-async def enrolled_device(conn: Conn, token_id: str, agent_sha256: str) -> tuple[str, str] | None:
-    """The live device (and its last registry-minted secret credential) of an agent of a token."""
+async def enrolled_device(conn: Conn, token_id: str, agent_sha256: str) -> tuple[str, str, datetime] | None:
+    """The live device of an agent of a token, its last registry-minted secret credential, and
+    when the agent first enrolled (for that device)."""
     row = await conn.fetchrow(
-        "SELECT a.device_id, a.credential_id FROM enrolment_agents a JOIN devices d USING (device_id) "
+        "SELECT a.device_id, a.credential_id, a.first_enrolled_at FROM enrolment_agents a "
+        "JOIN devices d USING (device_id) "
         "WHERE a.token_id = $1 AND a.agent_sha256 = $2 AND d.deleted_at IS NULL",
         token_id,
         agent_sha256,
     )
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
 
 
 async def remember_agent(
     conn: Conn, token_id: str, agent_sha256: str, device_id: str, credential_id: str, now: datetime
 ) -> None:
-    """Record (or move, after its device was deleted) an agent's device and credential."""
+    """Record (or move, after its device was deleted) an agent's device and credential; the first
+    enrolment time is kept while the device stays the same."""
     await conn.execute(
-        "INSERT INTO enrolment_agents (token_id, agent_sha256, device_id, credential_id, enrolled_at) "
-        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_id, agent_sha256) DO UPDATE SET "
+        "INSERT INTO enrolment_agents "
+        "(token_id, agent_sha256, device_id, credential_id, enrolled_at, first_enrolled_at) "
+        "VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (token_id, agent_sha256) DO UPDATE SET "
+        "first_enrolled_at = CASE WHEN enrolment_agents.device_id = EXCLUDED.device_id "
+        "THEN enrolment_agents.first_enrolled_at ELSE EXCLUDED.first_enrolled_at END, "
         "device_id = EXCLUDED.device_id, credential_id = EXCLUDED.credential_id, "
         "enrolled_at = EXCLUDED.enrolled_at",
         token_id,

@@ -42,8 +42,14 @@ async def new_token(world: World, ws: str, **body: Any) -> dict[str, Any]:
     return out
 
 
+def aid(name: str) -> str:
+    """A valid agent id (at least 32 characters: it is half of a retry key) named after ``name``."""
+    return name.ljust(32, "0")
+
+
 async def enrol(world: World, token: str, agent_id: str, **extra: Any) -> httpx.Response:
-    return await world.client.post(ENROL, json={"enrolment_token": token, "agent_id": agent_id, **extra})
+    body = {"enrolment_token": token, "agent_id": aid(agent_id), **extra}
+    return await world.client.post(ENROL, json=body)
 
 
 async def knows(world: World, device_id: str, secret: str) -> bool:
@@ -192,7 +198,7 @@ async def test_enrol_then_retry_is_the_same_device_with_a_new_secret(world: Worl
     assert cred.kind == "secret" and cred.secret_sha256 == sha(first["device_secret"])
     [used] = [e for e in events if isinstance(e, EnrolmentTokenUsed)]
     assert (used.token_id, used.device_id, used.uses) == (made["token_id"], device_id, 1)
-    assert used.agent_sha256 == sha("agent:01.a-b_c")
+    assert used.agent_sha256 == sha(aid("agent:01.a-b_c"))
     [rotated] = [e for e in events if isinstance(e, CredentialRotated)]
     assert rotated.device_id == device_id and rotated.replaces == [cred.credential_id]
     assert rotated.secret_sha256 == sha(second["device_secret"])
@@ -247,6 +253,7 @@ async def test_every_bad_token_gets_the_same_401(world: World) -> None:
         {"enrolment_token": "t"},
         {"enrolment_token": "t", "agent_id": ""},
         {"enrolment_token": "t", "agent_id": "x" * 129},
+        {"enrolment_token": "t", "agent_id": "x" * 31},  # under 128 bits: guessable
         {"enrolment_token": "t", "agent_id": "has space"},
         {"enrolment_token": "t", "agent_id": "a\n"},
         {"enrolment_token": 5, "agent_id": "a"},
@@ -291,7 +298,7 @@ async def test_the_rate_limit_comes_before_the_token_lookup(strict: World) -> No
     assert (await enrol(world, made["token"], "good")).status_code == 201
     # over the limit: even a valid token and a Bearer header are refused before anything is looked up
     resp = await world.client.post(
-        ENROL, json={"enrolment_token": made["token"], "agent_id": "late"}, headers=world.auth(ws)
+        ENROL, json={"enrolment_token": made["token"], "agent_id": aid("late")}, headers=world.auth(ws)
     )
     assert resp.status_code == 429 and resp.json()["error"]["code"] == "RATE_LIMITED"
     assert 1 <= int(resp.headers["Retry-After"]) <= 60
@@ -353,3 +360,44 @@ async def test_an_agent_whose_device_was_deleted_enrols_as_new(world: World) -> 
     # and its next retry is the new device
     third = (await enrol(world, made["token"], "agent-x")).json()
     assert third["device_id"] == again.json()["device_id"]
+
+
+async def test_a_retry_is_answered_only_shortly_after_the_first_enrolment(world: World) -> None:
+    """A token and agent id (a stolen SD card) are not a standing key to the device's secret."""
+    ws = await world.workspace()
+    made = await new_token(world, ws, max_uses=5)
+    first = (await enrol(world, made["token"], "late-retry")).json()
+    assert (await enrol(world, made["token"], "late-retry")).status_code == 201  # within the window
+    assert world.host.pool is not None
+    await world.host.pool.execute(
+        "UPDATE enrolment_agents SET first_enrolled_at = first_enrolled_at - interval '11 minutes' "
+        "WHERE device_id = $1",
+        first["device_id"],
+    )
+    late = await enrol(world, made["token"], "late-retry")
+    assert late.status_code == 401 and late.json()["error"]["code"] == "INVALID_ENROLMENT_TOKEN"
+    assert await world.count("SELECT count(*) FROM devices WHERE workspace_id = $1", ws) == 1
+
+
+async def test_a_retry_cannot_undo_an_operators_revocation(world: World) -> None:
+    from libs.events.publisher import Publisher
+    from libs.events.schemas.auth import CredentialRevoked
+
+    ws = await world.workspace()
+    made = await new_token(world, ws, max_uses=5)
+    first = (await enrol(world, made["token"], "revoked-one")).json()
+    [registered] = [e for _env, e in await world.events() if isinstance(e, DeviceRegistered)]
+    assert world.host.redis is not None
+    auth = Publisher(world.host.redis, producer="auth")
+    await auth.publish(
+        world.prefix + "events:auth",
+        CredentialRevoked(
+            credential_id=registered.credentials[0].credential_id,
+            device_id=first["device_id"],
+            workspace_id=ws,
+            kind="secret",
+        ),
+    )
+    again = await enrol(world, made["token"], "revoked-one")
+    assert again.status_code == 401 and again.json()["error"]["code"] == "INVALID_ENROLMENT_TOKEN"
+    assert not await knows(world, first["device_id"], first["device_secret"])

@@ -76,7 +76,7 @@ async def test_enrolled_and_bulk_devices_authenticate_at_auth(platform: Platform
     op = {"Authorization": f"Bearer {login.json()['access_token']}"}
     made = await device.post("/api/v1/enrolment-tokens", json={"max_uses": 2}, headers=op)
     assert made.status_code == 201, made.text
-    body = {"enrolment_token": made.json()["token"], "agent_id": "agent-1"}
+    body = {"enrolment_token": made.json()["token"], "agent_id": "agent-1".ljust(32, "0")}
 
     async def device_auth(device_id: str, secret: str) -> int:
         resp = await auth.post("/api/v1/device/auth", json={"deviceId": device_id, "deviceSecret": secret})

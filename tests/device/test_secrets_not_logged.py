@@ -62,7 +62,7 @@ async def test_enrolment_tokens_and_agent_secrets_never_appear_in_logs(
     ws = await world.workspace()
     made = await world.client.post("/api/v1/enrolment-tokens", json={"max_uses": 2}, headers=world.auth(ws))
     token = made.json()["token"]
-    agent = "agent-" + uid()
+    agent = ("agent-" + uid()).ljust(32, "0")
     shown = [token, agent]
     for _ in range(2):  # enrol, then a retry (rotation)
         resp = await world.client.post(

@@ -39,9 +39,8 @@ def test_enrol_bulk_and_backfill_on_the_one_port(fleet: Start, tmp_path, own_dat
         made = c.post("/api/v1/enrolment-tokens", json={"max_uses": 5}, headers=op)
         assert made.status_code == 201, made.text
         assert c.get("/api/v1/enrolment-tokens", headers=op).status_code == 200
-        enrolled = c.post(
-            "/api/v1/agent/enrol", json={"enrolment_token": made.json()["token"], "agent_id": "e2e-agent"}
-        )
+        body = {"enrolment_token": made.json()["token"], "agent_id": "e2e-agent".ljust(32, "0")}
+        enrolled = c.post("/api/v1/agent/enrol", json=body)
         assert enrolled.status_code == 201, enrolled.text
         device_id, secret = enrolled.json()["device_id"], enrolled.json()["device_secret"]
         session = c.post("/api/v1/device/auth", json={"deviceId": device_id, "deviceSecret": secret})
