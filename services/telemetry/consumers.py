@@ -35,9 +35,9 @@ def latest_subscription(host: ServiceHost) -> Subscription:
     """Heartbeats appended by other services (gateway sockets) into the latest-metrics cache.
 
     Telemetry's own API writes the cache right after its append; a socket heartbeat is appended by
-    the gateway, which does not own this cache, so the worker writes it from the stream. A reading
-    older than the cache's TTL (a consumer catching up on a backlog) is skipped: it would show stale
-    metrics as the latest for a whole TTL.
+    the gateway, which does not own this cache, so the worker writes it from the stream. A heartbeat
+    received longer ago than the cache's TTL (a consumer catching up on a backlog) is skipped: it
+    would show stale metrics as the latest for a whole TTL.
     """
     assert host.redis is not None
     ttl_s = int(getattr(host.settings, "latest_ttl_s", 300))

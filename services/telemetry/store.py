@@ -62,13 +62,14 @@ class LatestCache:
         not_before: datetime | None = None,
     ) -> None:
         """Cache the newest live heartbeat of each device of a written batch, unless the cache holds a
-        newer one (one round trip); readings taken before ``not_before`` are skipped."""
+        newer one (one round trip); heartbeats received before ``not_before`` are skipped (by the
+        server's clock: a device clock behind must not keep its readings out)."""
         newest: dict[str, tuple[int, HeartbeatReceived]] = {}
         for _stream, env in items:
             event = _decode(env.data)
             if event.backfill:  # an old heartbeat replayed by the agent is not the latest
                 continue
-            if not_before is not None and reading_time(event) < not_before:
+            if not_before is not None and event.received_at < not_before:
                 continue
             t = (reading_time(event) - _EPOCH) // timedelta(microseconds=1)
             if event.device_id not in newest or newest[event.device_id][0] <= t:

@@ -111,20 +111,20 @@ async def test_a_fresh_redis_is_taught_the_script(redis_server: RedisServer, pre
 
 async def test_a_socket_heartbeat_reaches_the_latest_route(world: World) -> None:
     """The gateway appends socket heartbeats itself; the worker's ``telemetry.latest`` group caches
-    them (a backlog reading older than the TTL is not cached as the latest)."""
+    them (a heartbeat received longer ago than the TTL is not cached; a device clock behind is)."""
     from libs.events.consumer import ConsumerRunner
     from services.telemetry.consumers import latest_subscription
 
     from ..integration.helpers import Running
 
     assert world.host.redis is not None
-    dev, stale_dev = await world.device(), await world.device()
+    dev, stale_dev, slow_clock = await world.device(), await world.device(), await world.device()
     gateway = Publisher(world.host.redis, producer="gateway")
-    now = datetime.now(UTC)
-    for device, at in ((stale_dev, now - timedelta(minutes=10)), (dev, now)):
+    now, ago = datetime.now(UTC), datetime.now(UTC) - timedelta(minutes=10)
+    for device, received, sent in ((stale_dev, ago, ago), (slow_clock, now, ago), (dev, now, now)):
         event = HeartbeatReceived(
-            device_id=device.device_id, workspace_id=device.workspace_id, received_at=at,
-            seq=1, sent_at=at, metrics={"cpu": 7}, dialect="agent",
+            device_id=device.device_id, workspace_id=device.workspace_id, received_at=received,
+            seq=1, sent_at=sent, metrics={"cpu": 7}, dialect="agent",
         )  # fmt: skip
         await gateway.publish(world.stream, event)
     runner = ConsumerRunner(world.host.redis, latest_subscription(world.host), consumer="t", block_ms=50)
@@ -139,3 +139,6 @@ async def test_a_socket_heartbeat_reaches_the_latest_route(world: World) -> None
     assert resp.json()["metrics"] == {"cpu": 7} and resp.json()["dialect"] == "agent"
     stale = f"/api/v1/devices/{stale_dev.device_id}/latest"
     assert (await world.client.get(stale, headers=world.operator(stale_dev.workspace_id))).status_code == 404
+    behind = f"/api/v1/devices/{slow_clock.device_id}/latest"
+    resp = await world.client.get(behind, headers=world.operator(slow_clock.workspace_id))
+    assert resp.status_code == 200  # its clock is 10 minutes behind, but it was just received
