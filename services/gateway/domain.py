@@ -19,9 +19,9 @@ from libs.events.heartbeat_rules import (
     BOOT_RE,
     MAX_METRICS,
     NAME_RE,
-    STATUSES,
     agent_heartbeat_problem,
     is_number,
+    status_problem,
 )
 from libs.events.open_commands import OpenCommand
 from libs.events.schemas import agent as A
@@ -214,7 +214,9 @@ def _s_beat(body: dict[str, Any]) -> Beat:
     for name, value in list(metrics.items())[:MAX_METRICS]:
         if isinstance(name, str) and NAME_RE.match(name) and _number(value):
             kept[name] = value
-    return Beat(status if status in STATUSES else "online", kept)
+    if not isinstance(status, str) or status_problem(status) is not None:  # [1] is not hashable
+        status = "online"
+    return Beat(status, kept)
 
 
 def parse_w(raw: str | bytes) -> Inbound:

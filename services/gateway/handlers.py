@@ -146,13 +146,17 @@ class Connection:
             self.reader.cancel()
         self._closer = asyncio.create_task(self._close(code, reason))
 
-    def reader_aborted(self, task: asyncio.Task[Any]) -> bool:
-        """Whether a cancellation of ``task`` (the waiting reader) came from :meth:`abort` alone."""
-        if self._reader_aborted and task.cancelling() == 1:
-            self._reader_aborted = False
-            task.uncancel()
-            return True
-        return False
+    def take_abort(self, task: asyncio.Task[Any]) -> bool:
+        """Whether :meth:`abort` cancelled ``task`` (the waiting reader); that cancellation is undone.
+
+        The caller re-raises when someone else cancelled the task too (a timeout, the server
+        shutting down): their cancellation must still arrive.
+        """
+        if not self._reader_aborted:
+            return False
+        self._reader_aborted = False
+        task.uncancel()
+        return True
 
     async def _close(self, code: int, reason: str) -> None:
         if self._writer is not None:

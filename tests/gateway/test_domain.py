@@ -64,6 +64,8 @@ def test_s_frames_are_read_liberally():
     assert isinstance(d.parse_s('{"type": "connected", "payload": {}}'), d.Ignored)
     assert isinstance(d.parse_s("[1, 2]"), d.Ignored)
     assert d.parse_s('{"type": "heartbeat"}') == d.Beat()
+    assert d.parse_s('{"type": "heartbeat", "status": [1]}') == d.Beat()  # unhashable: no crash
+    assert d.parse_s('{"type": "heartbeat", "status": "degraded"}') == d.Beat("degraded")
     out = d.parse_s('{"type": "command_result", "payload": {"commandId": "c9", "success": true}}')
     assert out == d.Outcome("c9", "success")
     out = d.parse_s('{"type": "result", "id": "c9", "status": "timeout", "result": "text", "duration": "x"}')

@@ -151,3 +151,42 @@ async def test_revocation_closes_open_sockets(world: World):
             with pytest.raises(ConnectionClosed):
                 await recv(ws)
             assert ws.close_code == 1008
+
+
+def _waiting_reader() -> tuple[Connection, asyncio.Task[object]]:
+    """A connection whose endpoint waits for a frame that never comes."""
+    from services.gateway.ws.common import Socket
+
+    conn = Connection(
+        SimpleNamespace(settings=SimpleNamespace(send_queue=3)),  # type: ignore[arg-type]
+        device_id="d",
+        workspace_id="w",
+        dialect="agent",
+        render=lambda cmd, attempt: cmd.command_id,
+        send=lambda text: asyncio.sleep(0),
+        close=lambda code, reason: asyncio.sleep(0),
+    )
+    never = SimpleNamespace(receive=lambda: asyncio.get_running_loop().create_future())
+    return conn, asyncio.create_task(Socket.receive(never, conn))  # type: ignore[arg-type]
+
+
+async def test_an_abort_ends_the_wait_for_a_frame():
+    conn, reader = _waiting_reader()
+    await asyncio.sleep(0)
+    conn.abort(1013, "send queue full")
+    assert await asyncio.wait_for(reader, 1) is None
+    await conn.finish()
+
+
+async def test_an_abort_never_swallows_someone_elses_cancellation():
+    """An abort and a timeout (or shutdown) in the same loop turn: the outside cancel still arrives."""
+    conn, reader = _waiting_reader()
+    await asyncio.sleep(0)
+    conn.abort(1013, "send queue full")
+    reader.cancel()  # e.g. the hello deadline, in the same iteration
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    # only the outside request is left counted: asyncio.timeout() (Python 3.12+ runs the hello
+    # deadline in this very task) turns exactly that one into TimeoutError
+    assert reader.cancelling() == 1
+    await conn.finish()

@@ -135,11 +135,12 @@ class Socket:
             return None
         task = asyncio.current_task()
         assert task is not None
+        outside = task.cancelling()  # cancellations requested by others before this wait
         conn.reader = task
         try:
             return await ws.receive()
         except asyncio.CancelledError:
-            if conn.reader_aborted(task):
+            if conn.take_abort(task) and task.cancelling() <= outside:
                 return None
             raise
         finally:
