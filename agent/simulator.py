@@ -24,23 +24,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from agent.commands import CommandContext, CommandOutcome, CommandRegistry, default_registry
+from agent.commands import default_registry
 from agent.config import AgentConfig, Credentials
 from agent.metrics import make_sampler
 from agent.protocol import SocketState
-from agent.runner import AUTH_PATH, FINAL_WAIT_S, RESTART, AgentRunner
+from agent.runner import FINAL_WAIT_S, RESTART, AgentRunner
 from agent.sim_schedule import Op, ProfileParams, Schedule, pool_size
+from agent.sim_shared import CountingRegistry, SimTransport, shared_client
 from agent.sim_spool import MemorySpool
 
 TICK_S = 0.05  # how often due starts/stops are applied (ramp granularity)
-# httpcore's pool scans its whole request queue for every request it assigns: thousands of agents
-# authenticating at once made that quadratic (60 % of a core for 40 auths/s). Waiting here instead
-# keeps its queue no longer than the pool.
-POOL_SIZE = 10
 
 
 @dataclass(frozen=True)
@@ -80,67 +76,6 @@ class Progress:
     connected_peak: int = 0
     all_connected_at: float | None = None
     heartbeats_at_all_connected: int = 0
-
-
-class CountingRegistry(CommandRegistry):
-    """Another registry's commands, counting each one run (shared by the agents: no device state)."""
-
-    def __init__(self, base: CommandRegistry) -> None:
-        super().__init__()
-        self._base = base
-        self.handled = 0
-
-    def names(self) -> list[str]:
-        """The command types the wrapped registry handles."""
-        return self._base.names()
-
-    async def run(self, command_type: str, parameters: dict[str, Any], ctx: CommandContext) -> CommandOutcome:
-        """Run one command and count it."""
-        try:
-            return await self._base.run(command_type, parameters, ctx)
-        finally:
-            self.handled += 1
-
-
-class SimTransport(httpx.AsyncBaseTransport):
-    """The shared pool's transport: counts refused auth calls, and sends gateway-bound HTTP to the API."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, gateway: str | None, api: str) -> None:
-        self._inner = inner
-        self._gate = asyncio.Semaphore(POOL_SIZE)
-        self._from = gateway.rstrip("/") if gateway else None
-        self._to = api.rstrip("/")
-        self.auth_failures = 0
-        self.auth_rate_limited = 0  # device auth is limited per client address (one, here)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Forward the request (rewritten when it was aimed at the gateway)."""
-        url = str(request.url)
-        if self._from and url.startswith(self._from):
-            request.url = httpx.URL(self._to + url[len(self._from) :])
-            request.headers["Host"] = request.url.netloc.decode()
-        try:
-            async with self._gate:
-                response = await self._inner.handle_async_request(request)
-        except httpx.HTTPError:
-            self.auth_failures += request.url.path.endswith(AUTH_PATH)
-            raise
-        if request.url.path.endswith(AUTH_PATH) and response.status_code != 200:
-            self.auth_failures += 1
-            self.auth_rate_limited += response.status_code == 429
-        return response
-
-    async def aclose(self) -> None:
-        """Close the pool."""
-        await self._inner.aclose()
-
-
-def shared_client(cfg: SimConfig) -> tuple[httpx.AsyncClient, SimTransport]:
-    """One client and connection pool for every simulated agent."""
-    limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
-    inner = httpx.AsyncHTTPTransport(limits=limits)
-    transport = SimTransport(inner, gateway=cfg.gateway_url, api=cfg.server_url)
-    return httpx.AsyncClient(transport=transport, timeout=cfg.http_timeout_s), transport
 
 
 class Simulator:
@@ -185,7 +120,8 @@ class Simulator:
         """Run the schedule for ``duration_s``, then stop every agent cleanly; the final progress."""
         with tempfile.TemporaryDirectory(prefix="fleet-sim-") as state:
             self._agent_cfg = self._agent_config(Path(state))
-            self._http, self._transport = shared_client(self.cfg)
+            cfg = self.cfg
+            self._http, self._transport = shared_client(cfg.server_url, cfg.gateway_url, cfg.http_timeout_s)
             try:
                 await self._loop()
             finally:
