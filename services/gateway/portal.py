@@ -27,7 +27,7 @@ from libs.events.identity import Claims, TokenError
 from libs.events.schemas import REGISTRY
 from libs.events.service import ServiceHost
 
-from .portal_view import Coalescer, FleetView, Frame, workspace_of
+from .portal_view import Coalescer, FleetView, Frame, tail_allowed, tail_data, workspace_of
 
 log = logging.getLogger(__name__)
 PROTOCOL = "fleet.portal.v1"
@@ -129,11 +129,12 @@ class PortalHub:
                     "id": entry_id,
                     "event_type": envelope.type,
                     "at": envelope.occurred_at.isoformat(),
-                    "data": msgspec.to_builtins(event),
+                    "data": tail_data(event),
                 }
             )
         for sock in sockets:
-            sock.push(frames + tail if sock.tail else frames)
+            shown = sock.tail and tail_allowed(envelope.type, sock.claims.roles.get(workspace))
+            sock.push(frames + tail if shown else frames)
 
     async def poll_metrics(self, stop: asyncio.Event) -> None:
         """Every ``metrics_s``, the latest metrics of the devices portals are looking at (changes only)."""

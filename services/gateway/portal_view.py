@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from libs.events.schemas import Event
 from libs.events.schemas.commands import (
     CommandCancelled,
@@ -144,6 +146,35 @@ def command_frame(event: Event) -> Frame | None:
     base = {"command_id": event.command_id, "device_id": event.device_id}  # type: ignore[attr-defined]
     command.setdefault("state", _STATES.get(type(event)))
     return {"type": "command", "command": {**base, **command}}
+
+
+# Events about enrolment tokens are for those who may manage tokens (GET /api/v1/enrolment-tokens
+# is owner/operator only); the events view of a viewer leaves them out.
+WRITER_ONLY = frozenset(
+    {
+        "device.enrolment_token_created.v1",
+        "device.enrolment_token_revoked.v1",
+        "device.enrolment_token_used.v1",
+    }
+)
+
+
+def tail_data(event: Event) -> Any:
+    """An event's fields for the events view, without any ``*_sha256`` (hashes of secrets)."""
+    return _without_hashes(msgspec.to_builtins(event))
+
+
+def _without_hashes(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_hashes(v) for k, v in value.items() if not k.endswith("_sha256")}
+    if isinstance(value, list):
+        return [_without_hashes(v) for v in value]
+    return value
+
+
+def tail_allowed(event_type: str, role: str | None) -> bool:
+    """Whether an operator of this role sees this event in the events view."""
+    return event_type not in WRITER_ONLY or role in ("owner", "operator")
 
 
 def workspace_of(event: Event) -> str | None:

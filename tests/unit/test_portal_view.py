@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from libs.events.schemas.commands import CommandFinished, CommandQueued, CommandSent
-from libs.events.schemas.device import DeviceDeleted, DeviceRegistered, DeviceStatusChanged, DeviceUpdated
+from libs.events.schemas.device import (
+    DeviceDeleted,
+    DeviceRegistered,
+    DeviceStatusChanged,
+    DeviceUpdated,
+    InitialCredential,
+)
 from services.gateway.portal_view import Coalescer, FleetView, workspace_of
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -85,3 +91,24 @@ def test_coalescing_keeps_the_newest_frame_per_thing_and_every_event() -> None:
     ]
     assert out[1]["status"] == "online" and out[2]["command"]["command_type"] == "ping"  # merged
     assert c.dropped == 1 and len(c) == 0 and c.drain() == []
+
+
+def test_the_events_view_shows_no_secret_hashes_and_no_token_events_to_viewers() -> None:
+    from libs.events.schemas.device import EnrolmentTokenCreated
+    from services.gateway.portal_view import tail_allowed, tail_data
+
+    registered = DeviceRegistered(
+        device_id="d1",
+        workspace_id="w",
+        name="n",
+        device_type="virtual",
+        credentials=[InitialCredential(credential_id="c1", kind="secret", secret_sha256="ab" * 32)],
+    )
+    data = tail_data(registered)
+    assert data["credentials"] == [{"credential_id": "c1", "kind": "secret"}]
+    assert "sha256" not in str(data)
+    from libs.events.schemas import tag_of
+
+    created = tag_of(EnrolmentTokenCreated)
+    assert not tail_allowed(created, "viewer") and tail_allowed(created, "operator")
+    assert tail_allowed("device.registered.v1", "viewer")
