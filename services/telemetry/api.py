@@ -15,7 +15,6 @@ from libs.events.batching import OutcomeUnknown, PublisherClosed
 from libs.events.http import ApiError, BodyLimit, DeviceCaller, Identity
 from libs.events.service import ServiceHost
 
-from .chart_flags import backfilled_points
 from .domain import InvalidHeartbeat, chart_query, parse_agent, parse_agent_batch, parse_k, parse_s
 from .handlers import Charts, Ingest, ingest_of
 
@@ -245,7 +244,7 @@ def query_router(api: Api) -> APIRouter:
             q = chart_query(params, now=datetime.now(UTC), raw_max_span=api.raw_max_span)
         except InvalidHeartbeat as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
-        series = await api.charts.series(device_id, workspace_id, q)
+        series, backfilled = await api.charts.chart(device_id, workspace_id, q)
         reply = {
             "device_id": device_id,
             "from": q.start.isoformat(),
@@ -255,7 +254,7 @@ def query_router(api: Api) -> APIRouter:
             "series": series,
         }
         if q.step == "raw":  # rollup buckets mix live and backfilled readings: no flag there
-            reply["backfilled"] = await backfilled_points(api.host, device_id, workspace_id, q, series)
+            reply["backfilled"] = backfilled
         return JSONResponse(reply)
 
     return r

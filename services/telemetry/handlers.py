@@ -167,6 +167,12 @@ class Charts:
 
     async def series(self, device_id: str, workspace_id: str, q: ChartQuery) -> dict[str, Any]:
         """Points per metric name: ``{name: [[iso time, value], ...]}``."""
+        return (await self.chart(device_id, workspace_id, q))[0]
+
+    async def chart(
+        self, device_id: str, workspace_id: str, q: ChartQuery
+    ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+        """The series, and ``{name: [iso time, ...]}`` of its points that were backfilled."""
         assert self.host.pool is not None
         async with self.host.pool.acquire() as conn:
             rows = await db.series(
@@ -180,9 +186,13 @@ class Charts:
                 limit=q.limit,
             )
         out: dict[str, list[list[Any]]] = {}
-        for name, at, value in rows:
-            out.setdefault(name, []).append([at.astimezone(UTC).isoformat(), value])
-        return out
+        backfilled: dict[str, list[str]] = {}
+        for name, at, value, bf in rows:
+            iso = at.astimezone(UTC).isoformat()
+            out.setdefault(name, []).append([iso, value])
+            if bf:
+                backfilled.setdefault(name, []).append(iso)
+        return out, backfilled
 
     async def expire_once(self, now: datetime) -> int:
         """Delete rows past each table's retention."""

@@ -154,16 +154,17 @@ _ROLLUPS = {"1m": "metric_rollup_1m", "1h": "metric_rollup_1h"}
 _AGG = {"avg": "total / n", "min": "lo", "max": "hi"}
 # The first ``limit`` points of each metric in the window: a limit over all metrics together let the
 # alphabetically first (or the chattiest) metric take every point and starve the others.
-_PER_METRIC = "SELECT name, at, v FROM ({points}) p WHERE p.nth <= $6 ORDER BY name, at"
+_PER_METRIC = "SELECT name, at, v, bf FROM ({points}) p WHERE p.nth <= $6 ORDER BY name, at"
 _RAW_POINTS = (
-    "SELECT m.key AS name, h.ts AS at, (m.value::text)::float8 AS v, "
+    "SELECT m.key AS name, h.ts AS at, (m.value::text)::float8 AS v, h.backfill AS bf, "
     "row_number() OVER (PARTITION BY m.key ORDER BY h.ts) AS nth "
     "FROM heartbeat_metrics h, jsonb_each(h.metrics) m "
     "WHERE h.device_id = $1 AND h.workspace_id = $2 AND h.ts >= $3 AND h.ts < $4 "
     "AND ($5::text IS NULL OR m.key = $5)"
 )
 _ROLLUP_POINTS = (
-    "SELECT name, bucket AS at, {agg} AS v, row_number() OVER (PARTITION BY name ORDER BY bucket) AS nth "
+    "SELECT name, bucket AS at, {agg} AS v, false AS bf, "
+    "row_number() OVER (PARTITION BY name ORDER BY bucket) AS nth "
     "FROM {table} WHERE device_id = $1 AND workspace_id = $2 AND bucket >= $3 AND bucket < $4 "
     "AND ($5::text IS NULL OR name = $5)"
 )
@@ -179,30 +180,16 @@ async def series(
     agg: str,
     name: str | None,
     limit: int,
-) -> list[tuple[str, datetime, float]]:
-    """``(name, time, value)`` points of one device, at most ``limit`` per metric, by name then time."""
+) -> list[tuple[str, datetime, float, bool]]:
+    """``(name, time, value, backfilled)`` points of one device, at most ``limit`` per metric, by name
+    then time (a rollup bucket mixes live and backfilled readings: never flagged)."""
     start, end = window
     rollup = step != "raw"
     points = _ROLLUP_POINTS.format(agg=_AGG[agg], table=_ROLLUPS[step]) if rollup else _RAW_POINTS
     rows = await conn.fetch(
         _PER_METRIC.format(points=points), device_id, workspace_id, start, end, name, limit
     )
-    return [(r[0], r[1], float(r[2])) for r in rows]
-
-
-_BACKFILLED = (
-    "SELECT m.name, h.ts FROM heartbeat_metrics h, jsonb_object_keys(h.metrics) m(name) "
-    "WHERE h.device_id = $1 AND h.workspace_id = $2 AND h.ts >= $3 AND h.ts < $4 AND h.backfill "
-    "AND ($5::text IS NULL OR m.name = $5) ORDER BY m.name, h.ts"
-)
-
-
-async def backfilled(
-    conn: Conn, device_id: str, workspace_id: str, window: tuple[datetime, datetime], *, name: str | None
-) -> list[tuple[str, datetime]]:
-    """``(name, time)`` of the raw points of one device, in the window, that came from backfill."""
-    rows = await conn.fetch(_BACKFILLED, device_id, workspace_id, window[0], window[1], name)
-    return [(r[0], r[1]) for r in rows]
+    return [(r[0], r[1], float(r[2]), bool(r[3])) for r in rows]
 
 
 async def expire(conn: Conn, cutoffs: dict[str, datetime]) -> int:

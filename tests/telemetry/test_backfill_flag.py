@@ -13,7 +13,6 @@ from libs.events.publisher import Publisher
 from libs.events.replay import rebuild
 from libs.events.schemas.auth import WorkspaceCreated
 from services.telemetry.api import Api
-from services.telemetry.chart_flags import backfilled_points
 from services.telemetry.domain import chart_query
 from services.telemetry.projections import timeseries_projection
 
@@ -112,7 +111,6 @@ async def test_the_flag_follows_the_point_limit(world: World, worker: None) -> N
     assert (await world.post("/api/v1/agent/heartbeats", batch, headers=dev.s)).status_code == 200
     await wait_rows(world, dev.device_id, 5)
     q = chart_query({"from": iso(start - timedelta(minutes=1))}, now=datetime.now(UTC), limit=3)
-    series = await Api(world.host).charts.series(dev.device_id, dev.workspace_id, q)
+    series, got = await Api(world.host).charts.chart(dev.device_id, dev.workspace_id, q)
     assert len(series["cpu"]) == 3
-    got = await backfilled_points(world.host, dev.device_id, dev.workspace_id, q, series)
     assert got == {"cpu": [iso(start + timedelta(seconds=i)) for i in range(3)]}
