@@ -39,6 +39,13 @@ def free_port() -> int:
 @pytest.fixture
 def gateway(database_url: str, prefix: str) -> Iterator[tuple[int, str]]:
     """A gateway serving only the portal, in a thread with its own loop (a real socket server)."""
+    with serving(database_url, prefix) as port:
+        yield port, prefix
+
+
+@contextlib.contextmanager
+def serving(database_url: str, prefix: str) -> Iterator[int]:
+    """Serve one gateway instance (portal only) on a free port until the block ends."""
     spec = ServiceSpec(
         name="gateway",
         settings_cls=Settings,
@@ -65,7 +72,7 @@ def gateway(database_url: str, prefix: str) -> Iterator[tuple[int, str]]:
         assert time.monotonic() < deadline and thread.is_alive(), "gateway did not start"
         time.sleep(0.02)
     try:
-        yield port, prefix
+        yield port
     finally:
         server.should_exit = True
         thread.join(10)
@@ -155,6 +162,33 @@ async def test_snapshot_then_live_status_commands_and_no_other_workspace(gateway
             async with asyncio.timeout(0.5):
                 await pb.recv()
     await r.delete(prefix + "telemetry:latest:da")
+
+
+async def test_every_gateway_instance_pushes_every_event(gateway, database_url, r) -> None:
+    """Two gateways side by side on one stream prefix: a portal on each sees the same change."""
+    port, prefix = gateway
+    ws = "ws-" + uuid.uuid4().hex[:6]
+    pub = Publisher(r, producer="device")
+    await pub.publish(
+        prefix + "events:device",
+        DeviceRegistered(device_id="d2", workspace_id=ws, name="pi", device_type="esp32"),
+    )
+    with serving(database_url, prefix) as other:
+        async with portal(port, operator(ws)) as one, portal(other, operator(ws)) as two:
+            for sock in (one, two):
+                assert [d["device_id"] for d in json.loads(await sock.recv())["devices"]] == ["d2"]
+            changed = DeviceStatusChanged(
+                device_id="d2",
+                workspace_id=ws,
+                status="online",
+                previous="offline",
+                reason="first_heartbeat",
+                at=datetime.now(UTC),
+            )
+            await pub.publish(prefix + "events:device", changed)
+            for sock in (one, two):
+                seen = await frames_until(sock, lambda f: f["type"] == "status")
+                assert seen[-1]["device_id"] == "d2" and seen[-1]["status"] == "online"
 
 
 async def test_bad_token_origin_or_protocol_are_refused(gateway) -> None:
