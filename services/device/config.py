@@ -22,3 +22,6 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # room for a request between its received_at and its stream entry. Offline is reported within
     # sweep + grace of the deadline.
     presence_grace_s: float = 0.25
+    # A gateway that has not announced itself (gateway.alive.v1, every GATEWAY_BEACON_S) for this
+    # long is taken for dead: its devices' sockets count as closed (offline, socket_closed).
+    presence_gateway_timeout_s: float = 20.0

@@ -40,7 +40,9 @@ def presence_service(host: ServiceHost) -> PresenceService:
 
     defaults = Timing(s.presence_interval_s, s.presence_timeout_s)
     horizon = horizon_of(oldest, s.presence_grace_s)
-    return PresenceService(get, defaults, horizon, sweep_s=s.presence_sweep_s)
+    return PresenceService(
+        get, defaults, horizon, sweep_s=s.presence_sweep_s, gateway_timeout_s=s.presence_gateway_timeout_s
+    )
 
 
 def subscriptions(host: ServiceHost) -> list[Subscription]:

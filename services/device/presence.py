@@ -107,6 +107,7 @@ class Presence(msgspec.Struct, frozen=True, kw_only=True):
     offline_at: datetime | None = None
     connected: bool = False
     connection_id: str | None = None  # the socket that made it connected
+    gateway_id: str | None = None  # the gateway instance holding that socket
     last_late: datetime | None = None  # when the device last went late (reported)
     flap_window_s: float = DEFAULT_TIMEOUT_S
     quiet_before: datetime | None = None
@@ -129,10 +130,11 @@ class Beat(msgspec.Struct, frozen=True):
 
 
 class Connected(msgspec.Struct, frozen=True):
-    """The agent opened a socket."""
+    """The agent opened a socket (on gateway ``gateway_id``)."""
 
     at: datetime
     connection_id: str = ""
+    gateway_id: str = ""
 
 
 class Disconnected(msgspec.Struct, frozen=True):
@@ -209,7 +211,12 @@ def observe(state: Presence, signal: Signal, timing: Timing, out: list[Transitio
         state = _replace(state, flap_window_s=timing.timeout_s)
     if isinstance(signal, Connected):
         seen_at = max(at, state.last_seen) if state.last_seen else at
-        changes = {"connected": True, "connection_id": signal.connection_id or None, "last_seen": seen_at}
+        changes = {
+            "connected": True,
+            "connection_id": signal.connection_id or None,
+            "gateway_id": signal.gateway_id or None,
+            "last_seen": seen_at,
+        }
         return _alive(state, at, out, **changes, late_at=None, offline_at=None)
     if isinstance(signal, Disconnected):
         if signal.connection_id and state.connection_id and signal.connection_id != state.connection_id:
@@ -217,7 +224,13 @@ def observe(state: Presence, signal: Signal, timing: Timing, out: list[Transitio
         if not state.connected and state.status == OFFLINE:
             return state
         reason = AGENT_SHUTDOWN if signal.reason == AGENT_SHUTDOWN else SOCKET_CLOSED
-        changes = {"connected": False, "connection_id": None, "late_at": None, "offline_at": None}
+        changes = {
+            "connected": False,
+            "connection_id": None,
+            "gateway_id": None,
+            "late_at": None,
+            "offline_at": None,
+        }
         return _move(state, OFFLINE, reason, at, out, **changes)
     if not is_fresh(state, signal):
         return state

@@ -25,7 +25,7 @@ from libs.events.pg import Conn
 from libs.events.projection import Delivery, Projection, unapplied
 from libs.events.schemas import Event
 from libs.events.schemas.device import DeviceStatusChanged
-from libs.events.schemas.gateway import AgentConnected, AgentDisconnected
+from libs.events.schemas.gateway import AgentConnected, AgentDisconnected, GatewayAlive
 from libs.events.schemas.telemetry import HeartbeatReceived
 
 from . import presence_store
@@ -36,7 +36,15 @@ from .presence_store import Save
 log = logging.getLogger(__name__)
 CONSUMER = "device.presence"
 HEARTBEATS, GATEWAY = "telemetry:heartbeats", "events:gateway"
-TYPES = frozenset({"telemetry.heartbeat.v1", "gateway.agent_connected.v1", "gateway.agent_disconnected.v1"})
+TYPES = frozenset(
+    {
+        "telemetry.heartbeat.v1",
+        "gateway.agent_connected.v1",
+        "gateway.agent_disconnected.v1",
+        "gateway.alive.v1",
+    }
+)
+TABLES = ("presence", "presence_gateways")
 Emit = Callable[[Sequence[Event]], Any]
 Horizon = Callable[[], Awaitable[datetime]]
 
@@ -61,11 +69,22 @@ def signal_of(d: Delivery) -> Found | None:
         beat = Beat(event.received_at, event.status, event.seq, event.sent_at, event.boot)
         return Found(event.device_id, "hb", d.entry_id, beat, dict(event.metrics) or None)
     if isinstance(event, AgentConnected):
-        return Found(event.device_id, "gw", d.entry_id, Connected(event.at, event.connection_id))
+        connected = Connected(event.at, event.connection_id, event.gateway_id)
+        return Found(event.device_id, "gw", d.entry_id, connected)
     if isinstance(event, AgentDisconnected):
         signal = Disconnected(event.at, event.reason, event.connection_id)
         return Found(event.device_id, "gw", d.entry_id, signal)
     return None
+
+
+def gateways_seen(batch: list[Delivery]) -> dict[str, datetime]:
+    """Per gateway instance, its latest sign of life in the batch (an announcement or a connection)."""
+    seen: dict[str, datetime] = {}
+    for d in batch:
+        event = d.event
+        if isinstance(event, GatewayAlive | AgentConnected) and event.gateway_id:
+            seen[event.gateway_id] = max(event.at, seen.get(event.gateway_id, event.at))
+    return seen
 
 
 def status_events(device_id: str, workspace_id: str, out: list[Transition]) -> list[Event]:
@@ -119,6 +138,7 @@ async def apply_batch(
     for d in batch:
         if (found := signal_of(d)) is not None:
             per_device.setdefault(found.device_id, []).append(found)
+    await presence_store.gateways_seen(conn, gateways_seen(batch))
     if not per_device:
         return
     rows = await presence_store.lock(conn, sorted(per_device))
@@ -141,14 +161,21 @@ class PresenceService:
     """The live presence consumer and sweeper of one host."""
 
     def __init__(
-        self, outbox: Callable[[], Outbox], defaults: Timing, horizon: Horizon, *, sweep_s: float = 0.2
+        self,
+        outbox: Callable[[], Outbox],
+        defaults: Timing,
+        horizon: Horizon,
+        *,
+        sweep_s: float = 0.2,
+        gateway_timeout_s: float = 20.0,
     ) -> None:
         self._outbox, self.defaults, self.horizon, self.sweep_s = outbox, defaults, horizon, sweep_s
+        self.gateway_timeout = timedelta(seconds=gateway_timeout_s)
 
     async def handle(self, batch: list[Delivery]) -> None:
         """Batch handler: one transaction per read batch, each entry applied once (by stream position)."""
         async with self._outbox().transaction() as tx:
-            todo = await unapplied(tx.conn, ("presence",), CONSUMER, batch, claim=False)
+            todo = await unapplied(tx.conn, TABLES, CONSUMER, batch, claim=False)
             if todo:
                 await apply_batch(tx.conn, todo, defaults=self.defaults, emit=tx.emit)
 
@@ -164,7 +191,24 @@ class PresenceService:
                 saved.append(Save(row.device_id, state, row.positions))
                 tx.emit(status_events(row.device_id, row.workspace_id, out))
             await presence_store.save(tx.conn, saved)
-        return len(rows)
+        return len(rows) + await self.sweep_orphans(now, limit)
+
+    async def sweep_orphans(self, now: datetime, limit: int = 500) -> int:
+        """Disconnect devices whose gateway stopped announcing itself ``gateway_timeout`` before
+        ``now`` (it died without closing their sockets): offline, reason ``socket_closed``, at the
+        moment it was given up on."""
+        async with self._outbox().transaction() as tx:
+            found = await presence_store.orphaned(tx.conn, now - self.gateway_timeout, limit)
+            saved = []
+            for row, gateway_seen in found:
+                out: list[Transition] = []
+                given_up = gateway_seen + self.gateway_timeout
+                lost = Disconnected(given_up, connection_id=row.state.connection_id or "")
+                state = observe(row.state, lost, self.defaults, out)
+                saved.append(Save(row.device_id, state, row.positions))
+                tx.emit(status_events(row.device_id, row.workspace_id, out))
+            await presence_store.save(tx.conn, saved)
+        return len(found)
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
         """Sweep every ``sweep_s`` until ``stop`` is set; errors are logged and retried."""
@@ -203,7 +247,7 @@ def projection(streams: tuple[str, str], defaults: Timing, *, quiet_before: date
         name="presence",
         consumer=CONSUMER,
         streams=streams,
-        tables=("presence",),
+        tables=TABLES,
         types=TYPES,
         apply=apply,
     )

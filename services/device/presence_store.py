@@ -15,7 +15,7 @@ from .presence import Presence
 
 _STATE = (
     "status, reason, last_seen, last_seq, last_time, boot, late_at, offline_at, connected, connection_id, "
-    "last_late, flap_window_s, quiet_before"
+    "gateway_id, last_late, flap_window_s, quiet_before"
 )
 _P_STATE = ", ".join(f"p.{c.strip()}" for c in _STATE.split(","))
 
@@ -102,6 +102,34 @@ async def due(conn: Conn, now: datetime, limit: int) -> list[Row]:
     return [_row(r) for r in rows]
 
 
+async def gateways_seen(conn: Conn, seen: dict[str, datetime]) -> None:
+    """Record each gateway's latest sign of life (never moving one back)."""
+    if seen:
+        await conn.execute(
+            "INSERT INTO presence_gateways (gateway_id, last_seen) "
+            "SELECT * FROM unnest($1::text[], $2::timestamptz[]) ORDER BY 1 "
+            "ON CONFLICT (gateway_id) DO UPDATE "
+            "SET last_seen = greatest(presence_gateways.last_seen, EXCLUDED.last_seen)",
+            list(seen),
+            list(seen.values()),
+        )
+
+
+async def orphaned(conn: Conn, silent_since: datetime, limit: int) -> list[tuple[Row, datetime]]:
+    """Lock connected devices whose gateway was last heard of before ``silent_since``, with that time
+    (rows another replica or consumer holds are skipped)."""
+    rows = await conn.fetch(
+        f"SELECT p.device_id, p.workspace_id, {_P_STATE}, p.hb_entry, p.gw_entry, "
+        "NULL::float8 AS d_interval, NULL::float8 AS d_timeout, NULL::float8 AS heartbeat_interval_s, "
+        "NULL::float8 AS heartbeat_timeout_s, g.last_seen AS gateway_seen "
+        "FROM presence p JOIN presence_gateways g USING (gateway_id) "
+        "WHERE p.connected AND g.last_seen < $1 ORDER BY p.device_id LIMIT $2 FOR UPDATE OF p SKIP LOCKED",
+        silent_since,
+        limit,
+    )
+    return [(_row(r), r["gateway_seen"]) for r in rows]
+
+
 async def save(conn: Conn, items: Sequence[Save]) -> None:
     """Write each device's state, positions and latest metrics: one row per device, one statement."""
     if not items:
@@ -119,6 +147,7 @@ async def save(conn: Conn, items: Sequence[Save]) -> None:
         "next_at": ("timestamptz", [i.state.next_at for i in items]),
         "connected": ("bool", [i.state.connected for i in items]),
         "connection_id": ("text", [i.state.connection_id for i in items]),
+        "gateway_id": ("text", [i.state.gateway_id for i in items]),
         "last_late": ("timestamptz", [i.state.last_late for i in items]),
         "flap_window_s": ("float8", [i.state.flap_window_s for i in items]),
         "quiet_before": ("timestamptz", [i.state.quiet_before for i in items]),

@@ -41,3 +41,6 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     revocation_check_s: float = 1.0
     # Commands whose result this gateway instance remembers (duplicate results are recognised).
     remember_finished: int = 100_000
+    # How often this instance announces it is alive (gateway.alive.v1): presence drops the sockets of
+    # a gateway whose announcements stop (DEVICE_PRESENCE_GATEWAY_TIMEOUT_S later).
+    beacon_s: float = 5.0

@@ -30,6 +30,7 @@ from libs.events.schemas.gateway import (
     CommandAcked,
     CommandPushed,
     CommandResultReceived,
+    GatewayAlive,
 )
 from libs.events.schemas.telemetry import HeartbeatReceived
 from libs.events.service import ServiceHost
@@ -229,14 +230,33 @@ class Gateway:
         _instrument()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow ``events:commands`` and watch for revocations until the host stops, then flush."""
-        watch = asyncio.create_task(self.watch_revocations(stop))
+        """Follow ``events:commands``, watch for revocations and announce this instance until the host
+        stops, then flush."""
+        side = [asyncio.create_task(self.watch_revocations(stop)), asyncio.create_task(self.beacon(stop))]
         try:
             await self.feed.run(stop)
         finally:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
             await self.batcher.aclose()
+
+    async def beacon(self, stop: asyncio.Event) -> None:
+        """Publish ``gateway.alive.v1`` every ``beacon_s`` (a failed one is logged; the next may land)."""
+        every = self.settings.beacon_s
+        while not stop.is_set():
+            alive = GatewayAlive(
+                gateway_id=self.gateway_id,
+                at=datetime.now(UTC),
+                connections=sum(len(c) for c in self.sockets.values()),
+                interval_s=every,
+            )
+            try:
+                await self.publish(self.events, alive)
+            except Exception as exc:
+                log.warning("could not announce gateway %s: %s", self.gateway_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     async def watch_revocations(self, stop: asyncio.Event) -> None:
         """Close (1008) every socket whose session or credential was revoked since it opened."""

@@ -169,12 +169,18 @@ def test_a_restarted_agent_counts_again_from_zero_and_is_not_ignored():
 def test_only_the_socket_that_made_the_device_connected_can_disconnect_it():
     # The device reconnects through another gateway before the first one notices the old socket died.
     state, out = run(
-        [Connected(s(0), "sock-1"), Connected(s(5), "sock-2"), Disconnected(s(6), connection_id="sock-1")]
+        [
+            Connected(s(0), "sock-1", "gw-a"),
+            Connected(s(5), "sock-2", "gw-b"),
+            Disconnected(s(6), connection_id="sock-1"),
+        ]
     )
     assert moves(out) == [("offline", "online", "first_heartbeat")]
     assert state.status == "online" and state.connected and state.connection_id == "sock-2"
+    assert state.gateway_id == "gw-b"  # whose silence would mean the socket is gone
     state, out = run([Disconnected(s(60), connection_id="sock-2")], state=state)
     assert moves(out) == [("online", "offline", "socket_closed")] and not state.connected
+    assert state.gateway_id is None
     # A close repeated (or without an id) once offline changes nothing, not even the reason.
     again, out = run([Disconnected(s(61), reason="agent_shutdown")], state=state)
     assert out == [] and again == state

@@ -11,7 +11,7 @@ import pytest
 
 from libs.events.publisher import Publisher
 from libs.events.schemas.device import DeviceStatusChanged
-from libs.events.schemas.gateway import AgentConnected, AgentDisconnected
+from libs.events.schemas.gateway import AgentConnected, AgentDisconnected, GatewayAlive
 from libs.events.schemas.telemetry import HeartbeatReceived
 
 from .conftest import World
@@ -151,6 +151,43 @@ async def test_connection_and_clean_shutdown(worker: World):
     await pub.publish(gw, AgentDisconnected(**common, at=datetime.now(UTC), reason="agent_shutdown"))
     body = await until(lambda: _has(world, ws, dev, "offline"))
     assert body["status_reason"] == "agent_shutdown"
+
+
+async def test_a_gateway_that_stops_announcing_itself_takes_its_sockets_with_it(worker: World):
+    """Killed gateways close nothing: their devices go offline once announcements stop; devices on a
+    gateway that keeps announcing itself stay online."""
+    from services.device.consumers import presence_service
+
+    world = worker
+    ws = await world.workspace()
+    lost_dev, kept_dev = await device(world, ws), await device(world, ws)
+    assert world.host.redis is not None
+    pub = Publisher(world.host.redis, producer="gateway")
+    gw = world.prefix + "events:gateway"
+    t0 = datetime.now(UTC)
+    for dev, gateway in ((lost_dev, "g-killed"), (kept_dev, "g-alive")):
+        common = {"device_id": dev, "workspace_id": ws, "dialect": "s", "connection_id": dev + "-c1"}
+        await pub.publish(gw, AgentConnected(**common, gateway_id=gateway, at=t0))
+    await pub.publish(gw, GatewayAlive(gateway_id="g-alive", at=t0 + timedelta(seconds=10)))
+    await until(lambda: _has(world, ws, lost_dev, "online"))
+    await until(lambda: _has(world, ws, kept_dev, "online"))
+    await until(lambda: _gateway_seen(world, "g-alive", t0 + timedelta(seconds=10)))
+    svc = presence_service(world.host)  # the gateway timeout is 20 s: sweep as if 25 s had passed
+    assert await svc.sweep_orphans(t0 + timedelta(seconds=25)) == 1
+    body = await until(lambda: _has(world, ws, lost_dev, "offline"))
+    assert body["status_reason"] == "socket_closed"
+    [*_, gone] = await until(lambda: _n(world, lost_dev, 2))
+    assert (gone.status, gone.reason, gone.at) == ("offline", "socket_closed", t0 + timedelta(seconds=20))
+    assert (await status(world, ws, kept_dev))["status"] == "online"
+    assert await svc.sweep_orphans(t0 + timedelta(seconds=25)) == 0  # once
+
+
+async def _gateway_seen(world: World, gateway_id: str, at: datetime) -> bool:
+    assert world.host.pool is not None
+    seen = await world.host.pool.fetchval(
+        "SELECT last_seen FROM presence_gateways WHERE gateway_id = $1", gateway_id
+    )
+    return seen is not None and seen >= at
 
 
 async def test_workspace_timing_route_sets_what_the_next_heartbeat_uses(worker: World):

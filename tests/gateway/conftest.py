@@ -23,7 +23,7 @@ from libs.events.publisher import Publisher
 from libs.events.schemas import REGISTRY, Event
 from libs.events.schemas.commands import CommandQueued
 from libs.events.schemas.device import DeviceRegistered, InitialCredential
-from libs.events.schemas.gateway import CommandPushed
+from libs.events.schemas.gateway import CommandPushed, GatewayAlive
 from libs.events.service import ServiceHost
 from services.gateway.config import Settings
 from services.gateway.main import SPEC
@@ -101,9 +101,10 @@ class World:
         return command_id
 
     async def events(self, stream: str = "events:gateway") -> list[Event]:
-        """Every event on a stream of this prefix."""
+        """Every event on a stream of this prefix (but the instance's periodic ``gateway.alive``)."""
         entries = await self.redis.xrange(self.prefix + stream)
-        return [decode_event(decode_entry(fields), REGISTRY) for _id, fields in entries]
+        events = [decode_event(decode_entry(fields), REGISTRY) for _id, fields in entries]
+        return [e for e in events if not isinstance(e, GatewayAlive)]
 
     async def until(self, check: Callable[[list[Event]], Any], stream: str = "events:gateway") -> Any:
         """Wait (up to 5 s) until ``check(events)`` is truthy; returns its value."""

@@ -70,10 +70,22 @@ class CommandResultReceived(Event, frozen=True, tag="gateway.command_result.v1")
     duration_ms: float | None = None
 
 
+class GatewayAlive(Event, frozen=True, tag="gateway.alive.v1"):
+    """A gateway instance is running (every few seconds): presence counts the sockets it reported as
+    connected only while these keep coming, so a gateway that dies without closing them (killed,
+    host lost) does not leave its devices online."""
+
+    gateway_id: str
+    at: datetime
+    connections: int = 0  # sockets open on it now
+    interval_s: float = 5.0  # the next one is due this long after ``at``
+
+
 EVENTS: tuple[type[Event], ...] = (
     AgentConnected,
     AgentDisconnected,
     CommandPushed,
     CommandAcked,
     CommandResultReceived,
+    GatewayAlive,
 )
