@@ -131,6 +131,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "str | None": lambda raw: raw or None,
     "int": int,
     "float": float,
+    "float | None": lambda raw: float(raw) if raw.strip() else None,
     "bool": _parse_bool,
     "Path": lambda raw: Path(raw).expanduser(),
     "Path | None": lambda raw: Path(raw).expanduser() if raw else None,
@@ -143,8 +144,10 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
     try:
         if isinstance(value, str):
             return _PARSERS[kind](value)
-        if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+        if kind.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if kind == "float | None" and value is None:
+            return None
         if kind in ("int", "bool") and type(value).__name__ == kind:
             return value
         if kind == "list[str] | None" and isinstance(value, list) and all(isinstance(v, str) for v in value):

@@ -142,3 +142,15 @@ async def test_a_refused_enrolment_token_and_no_credentials_at_all_are_clear_err
             await resolve_credentials(_cfg(tmp_path, enrolment_token=TOKEN), client)
         with pytest.raises(ConfigError, match="FLEET_AGENT_DEVICE_ID"):
             await resolve_credentials(_cfg(tmp_path / "other"), client)
+
+
+def test_an_optional_number_is_read_from_the_environment_and_a_file(tmp_path: Path) -> None:
+    """FLEET_AGENT_MAX_INTERVAL_S once crashed the agent at start (no parser for ``float | None``)."""
+    env = {"FLEET_AGENT_STATE_DIR": str(tmp_path), "FLEET_AGENT_MAX_INTERVAL_S": "2.5"}
+    assert load_config(env).max_interval_s == 2.5
+    assert load_config({**env, "FLEET_AGENT_MAX_INTERVAL_S": ""}).max_interval_s is None
+    toml = tmp_path / "agent.toml"
+    toml.write_text("max_interval_s = 4\n")
+    assert load_config({"FLEET_AGENT_STATE_DIR": str(tmp_path)}, toml).max_interval_s == 4.0
+    with pytest.raises(ConfigError, match="max_interval_s"):
+        load_config({**env, "FLEET_AGENT_MAX_INTERVAL_S": "soon"})
