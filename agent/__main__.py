@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -166,7 +167,9 @@ async def _agent(
             lan.claimed(creds.device_id)
         if once:
             return await _once(cfg, creds, http)
-        sampler, registry = make_sampler(cfg.mock), default_registry()
+        # in mock mode, seeded by the device: a restarted agent's simulated uptime and counters go on
+        seed = int.from_bytes(hashlib.sha256(creds.device_id.encode()).digest()[:8], "big")
+        sampler, registry = make_sampler(cfg.mock, seed=seed), default_registry()
         runners.append(AgentRunner(cfg, creds, sampler=sampler, registry=registry, http=http))
         if stop.is_set():
             runners[0].request_shutdown()

@@ -14,8 +14,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent.discovery import announce
-
 log = logging.getLogger("agent.lan")
 CLOSE_TIMEOUT_S = 3.0  # the goodbye is a courtesy: an exit never waits longer for it
 
@@ -29,14 +27,22 @@ class LanAnnouncer:
         enabled: bool,
         version: str,
         health_port: int,
-        announce_with: Callable[..., Any] = announce,
+        announce_with: Callable[..., Any] | None = None,
     ) -> None:
         self.enabled = enabled
         self._version, self._health_port = version, health_port
-        self._announce = announce_with
+        self._announce = announce_with  # None: agent.discovery's, imported on first use
         self._announcement: Any = None
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+
+    def _announcer(self) -> Callable[..., Any]:
+        if self._announce is None:
+            # imported only when announcing: zeroconf is ~4.5 MB of the agent's memory
+            from agent.discovery import announce
+
+            self._announce = announce
+        return self._announce
 
     def start(self, device_id: str | None) -> None:
         """Begin announcing (claimed when ``device_id`` is known) without waiting for it."""
@@ -61,7 +67,7 @@ class LanAnnouncer:
 
     async def _register(self, device_id: str | None) -> None:
         try:
-            announcement = self._announce(
+            announcement = self._announcer()(
                 device_id=device_id,
                 claimed=device_id is not None,
                 version=self._version,
