@@ -42,5 +42,11 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/backbone.py
 
+# Locust against 127.0.0.1 (FLEET_URL, default :8080, e.g. `fleet up`), headless, bounded to 60 s.
+.PHONY: load
+load: $(STAMP)
+	$(BIN)/python -c 'import locust' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[load]'
+	$(BIN)/python bench/load.py --duration 60 $(LOAD_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
