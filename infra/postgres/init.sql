@@ -17,3 +17,8 @@ CREATE SCHEMA IF NOT EXISTS telemetry AUTHORIZATION telemetry;
 CREATE SCHEMA IF NOT EXISTS commands AUTHORIZATION commands;
 CREATE SCHEMA IF NOT EXISTS gateway AUTHORIZATION gateway;
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
+-- Each service's migrations start with CREATE SCHEMA IF NOT EXISTS, which Postgres refuses without
+-- CREATE on the database even when the schema exists. That grant lets a role make new schemas of its
+-- own; it gives no access to another role's schema.
+SELECT format('GRANT CREATE ON DATABASE %I TO auth, device, telemetry, commands, gateway', current_database())
+\gexec
