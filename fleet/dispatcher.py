@@ -1,6 +1,7 @@
 """One ASGI app in front of the composed services: routes each request to a service's own app.
 
-The dispatcher answers the platform-wide ``/healthz`` and ``/readyz`` itself, forwards HTTP and
+The dispatcher answers the platform-wide ``/healthz``, ``/readyz`` and ``/metrics`` (one process, one
+registry: every service's figures in one scrape) itself, forwards HTTP and
 WebSocket scopes by :mod:`fleet.routes`, and acknowledges the lifespan protocol without passing it
 on: ``fleet up`` starts and stops the services itself.
 """
@@ -19,18 +20,25 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ReadinessProbe = Callable[[], Awaitable[Mapping[str, Mapping[str, str]]]]
+# The Prometheus scrape: the body and its content type.
+MetricsProbe = Callable[[], Awaitable[tuple[bytes, str]]]
 
 
 class Dispatcher:
     """The platform's single ASGI app."""
 
     def __init__(
-        self, apps: Mapping[str, ASGIApp], readiness: ReadinessProbe, routes: Sequence[Route] = ROUTES
+        self,
+        apps: Mapping[str, ASGIApp],
+        readiness: ReadinessProbe,
+        routes: Sequence[Route] = ROUTES,
+        metrics: MetricsProbe | None = None,
     ) -> None:
         check_routes(routes, apps.keys())
         self.apps = dict(apps)
         self.routes = tuple(routes)
         self.readiness = readiness
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
@@ -41,7 +49,7 @@ class Dispatcher:
         if kind not in ("http", "websocket"):
             raise RuntimeError(f"unsupported ASGI scope type {kind!r}")
         path = _route_path(scope)
-        if kind == "http" and path in ("/healthz", "/readyz"):
+        if kind == "http" and (path in ("/healthz", "/readyz") or (path == "/metrics" and self.metrics)):
             await self._own(scope, send, path)
             return
         target = resolve(path, self.routes, self.apps.keys())
@@ -58,6 +66,11 @@ class Dispatcher:
             await send_json(send, 405, body, [(b"allow", b"GET, HEAD")])
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
+        elif path == "/metrics" and self.metrics is not None:
+            body, content_type = await self.metrics()
+            head = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            await send({"type": "http.response.body", "body": body})
         else:
             checks = await self.readiness()
             ready = all(v == "ok" for c in checks.values() for v in c.values())

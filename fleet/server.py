@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from libs.events import metrics
 from libs.events.service import ServiceHost
 
 from .compose import apps, readiness, start_hosts, start_workers, stop_hosts
@@ -103,7 +104,12 @@ def _config(hosts: Mapping[str, ServiceHost]) -> uvicorn.Config:
     async def probe() -> dict[str, dict[str, str]]:
         return await readiness(hosts)
 
-    app = Dispatcher(apps(hosts), probe)
+    async def scrape() -> tuple[bytes, str]:
+        for host in hosts.values():
+            await host.observe()
+        return metrics.render(), metrics.CONTENT_TYPE
+
+    app = Dispatcher(apps(hosts), probe, metrics=scrape)
     # log_config=None: uvicorn logs through the launcher's logging setup.
     access_log = os.environ.get("FLEET_ACCESS_LOG", "").lower() in ("1", "true", "yes")
     return uvicorn.Config(

@@ -15,11 +15,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import metrics
 from .identity import Claims, Credential, Signer, TokenError
 from .identity_feed import IdentityFeed
+from .tracing import SERVICE_ATTR, extract_context, tracer, tracing_on
 
 
 class ApiError(Exception):
@@ -108,6 +111,70 @@ class BodyLimit:
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     resp = error_response(413, "PAYLOAD_TOO_LARGE", f"body over {limit} bytes")
     await resp(scope, receive, send)
+
+
+ROUTE_KEY = "fleet.route"  # a scope key naming the route template when no router matched (a fast path)
+
+
+class Observed:
+    """ASGI middleware: each HTTP request counted and timed per route template, under a server span.
+
+    The template comes from the router (``scope["route"]``) or a fast path's ``scope["fleet.route"]``
+    once the app answered; a request no route matched is ``unmatched``. Raw paths and query strings
+    are never recorded (dialect W's path carries a token).
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        span = self._span(scope) if tracing_on() else None
+        try:
+            if span is None:
+                await self.app(scope, receive, sending)
+            else:
+                with trace.use_span(span, end_on_exit=False, record_exception=False):
+                    await self.app(scope, receive, sending)
+        finally:
+            method, route = scope.get("method", ""), route_of(scope)
+            metrics.REQUESTS.labels(self.service, method, route, str(status)).inc()
+            metrics.LATENCY.labels(self.service, method, route).observe(time.perf_counter() - started)
+            if span is not None:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+                span.end()
+
+    def _span(self, scope: Scope) -> trace.Span:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        parent = extract_context({k: v for k, v in headers.items() if k in ("traceparent", "tracestate")})
+        return tracer().start_span(
+            scope.get("method", "HTTP"),
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={SERVICE_ATTR: self.service, "http.request.method": scope.get("method", "")},
+        )
+
+
+def route_of(scope: Scope) -> str:
+    """The route template that answered (``/api/v1/devices/{device_id}``), or ``unmatched``."""
+    route = scope.get("route")
+    path = getattr(route, "path", None) or scope.get(ROUTE_KEY)
+    return str(path) if path else "unmatched"
 
 
 @dataclass(frozen=True)

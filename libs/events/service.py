@@ -25,16 +25,19 @@ import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp
 
+from . import metrics, stats
 from . import migrate as migrations
 from .consumer import ConsumerRunner, Subscription
-from .http import BodyLimit, Identity, install_error_handlers
+from .http import BodyLimit, Identity, Observed, install_error_handlers
 from .identity import Signer
 from .identity_feed import IdentityFeed
 from .outbox import OutboxRelay
 from .projection import Projection
+from .publisher import dlq_stream
 from .replay import TrimmedStreams, rebuild
 from .retention import RetentionPolicy, run_retention
 from .settings import ServiceSettings, SettingsError, consumer_name, load_settings
@@ -67,6 +70,9 @@ class ServiceSpec:
     asgi: Callable[[ServiceHost, ASGIApp], ASGIApp] = lambda host, app: app
     # Extra ``uvicorn.Config`` options from the settings (e.g. WebSocket frame size and keepalive).
     server: Callable[[ServiceSettings], dict[str, Any]] = lambda settings: {}
+    # Runs before each ``GET /metrics`` renders, to refresh what only this service can count
+    # (e.g. open commands per state from its tables); errors are logged, the scrape still answers.
+    on_scrape: Callable[[ServiceHost], Coroutine[Any, Any, None]] | None = None
 
     @property
     def schema(self) -> str:
@@ -91,6 +97,7 @@ class ServiceHost:
     identity: Identity | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+    _groups: list[tuple[str, str]] | None = None
 
     def stream(self, name: str) -> str:
         """A stream key with this deployment's prefix (``events:device`` -> ``<prefix>events:device``)."""
@@ -173,6 +180,21 @@ class ServiceHost:
             checks["migrations"] = "unknown"
         return checks
 
+    async def observe(self) -> None:
+        """Refresh this service's figures for a scrape: its groups' lag and pending, its DLQ lengths."""
+        if self.redis is None or self.pool is None:
+            return  # not started: nothing to ask
+        if self._groups is None:
+            self._groups = [(sub.stream, sub.group) for sub in self.spec.subscriptions(self)]
+        dlqs = [dlq_stream(stream, self.settings.stream_prefix) for stream, _g in self._groups]
+        try:
+            async with asyncio.timeout(2.0):
+                await stats.refresh(self.redis, self._groups, dlqs)
+                if self.spec.on_scrape is not None:
+                    await self.spec.on_scrape(self)
+        except (RedisError, OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            log.warning("%s: metrics refresh failed, serving the last figures: %s", self.spec.name, exc)
+
     def build_app(self, *, manage_lifespan: bool = True) -> FastAPI:
         """The service's FastAPI app; the launcher manages the lifespan itself when composing."""
 
@@ -199,7 +221,8 @@ class ServiceHost:
 
     def asgi_app(self, *, manage_lifespan: bool = True) -> ASGIApp:
         """The app to serve: the FastAPI app as the service's ``asgi`` hook wraps it."""
-        return self.spec.asgi(self, self.build_app(manage_lifespan=manage_lifespan))
+        app = self.spec.asgi(self, self.build_app(manage_lifespan=manage_lifespan))
+        return Observed(app, self.spec.name)
 
     async def run_worker(self, stop: asyncio.Event) -> None:
         """Run the relay, the consumer runners and retention until ``stop`` is set."""
@@ -238,7 +261,7 @@ class ServiceHost:
 
 
 def health_router(host: ServiceHost) -> APIRouter:
-    """``GET /healthz`` (the process is alive) and ``GET /readyz`` (dependencies usable)."""
+    """``GET /healthz`` (alive), ``GET /readyz`` (dependencies usable), ``GET /metrics`` (Prometheus)."""
     router = APIRouter()
 
     @router.get("/healthz", include_in_schema=False)
@@ -255,6 +278,11 @@ def health_router(host: ServiceHost) -> APIRouter:
             "checks": checks,
         }
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        await host.observe()
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     return router
 

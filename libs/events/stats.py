@@ -159,3 +159,39 @@ def _observe(attr: str) -> Any:
             yield metrics.Observation(value, attrs)
 
     return callback
+
+
+@dataclass(frozen=True)
+class GroupFigures:
+    """A group's lag (None when Redis cannot tell) and pending count, as last seen."""
+
+    lag: int | None
+    pending: int
+
+
+# What scrapes read from Redis last (a process serving only the API has no runners to ask).
+_scraped: dict[tuple[str, str], GroupFigures] = {}
+_dlq_lengths: dict[str, int] = {}
+
+
+def group_figures() -> dict[tuple[str, str], GroupFigures]:
+    """Per ``(stream, group)``, the freshest figures: this process's runners, then the last refresh."""
+    out = {(st.stream, st.group): GroupFigures(st.lag, st.pending) for st in list(_live)}
+    out.update(_scraped)
+    return out
+
+
+def dlq_lengths() -> dict[str, int]:
+    """Per dead-letter stream, its length at the last refresh."""
+    return dict(_dlq_lengths)
+
+
+async def refresh(redis: aioredis.Redis, groups: Iterable[tuple[str, str]], dlqs: Iterable[str]) -> None:
+    """Read the lag and pending count of ``groups`` and the length of ``dlqs`` from Redis."""
+    wanted = set(groups)
+    for stream in sorted({s for s, _g in wanted}):
+        for g in await group_stats(redis, stream):
+            if (stream, g.group) in wanted:
+                _scraped[(stream, g.group)] = GroupFigures(g.lag, g.pending)
+    for dlq in set(dlqs):
+        _dlq_lengths[dlq] = int(await redis.xlen(dlq))

@@ -8,6 +8,9 @@ from typing import Any
 from opentelemetry import context, propagate, trace
 
 TRACER_NAME = "fleet.events"
+# Which service made a span: one process may run several (``fleet up``), so the resource's
+# ``service.name`` alone cannot say.
+SERVICE_ATTR = "fleet.service"
 
 
 def inject_headers() -> dict[str, str]:
@@ -20,6 +23,18 @@ def inject_headers() -> dict[str, str]:
 def extract_context(headers: dict[str, str]) -> context.Context:
     """The parent context carried by an envelope's headers."""
     return propagate.extract(headers)
+
+
+def headers_of(span: trace.Span) -> dict[str, str]:
+    """W3C trace headers naming ``span`` as the parent (for what a handler emits because of it)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
+def tracing_on() -> bool:
+    """Whether a tracer provider is installed (without one every span is a no-op: skip the work)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def tracer() -> trace.Tracer:

@@ -233,5 +233,4 @@ class Commands:
         self._counted_at = time.monotonic()
         async with self.pool.acquire() as conn:
             counts = await store.open_count(conn)
-        metrics.backlog.clear()
-        metrics.backlog.update({state: counts.get(state, 0) for state in ("queued", "sent", "delivered")})
+        metrics.set_backlog(counts)

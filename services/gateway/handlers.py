@@ -19,6 +19,7 @@ from typing import Any
 
 from opentelemetry import metrics
 
+from libs.events import metrics as prometheus
 from libs.events.batching import BatchingPublisher
 from libs.events.open_commands import OpenCommand, OpenCommands, pushable
 from libs.events.open_commands_feed import OpenCommandsFeed
@@ -429,6 +430,12 @@ def _instrument() -> None:
     """The ``fleet.gateway.connections`` gauge (open device sockets per dialect), registered once."""
     if _instruments:
         return
+    prometheus.gauge(
+        "fleet_gateway_agents",
+        "open device sockets per dialect",
+        ("dialect",),
+        lambda: [({"dialect": d}, float(n)) for d, n in _totals().items()],
+    )
     meter = metrics.get_meter("fleet.gateway")
     _instruments.append(
         meter.create_observable_gauge(
@@ -437,10 +444,14 @@ def _instrument() -> None:
     )
 
 
-def _observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+def _totals() -> dict[str, int]:
     totals: dict[str, int] = {}
     for gw in list(_live):
         for dialect, n in gw.counts().items():
             totals[dialect] = totals.get(dialect, 0) + n
-    for dialect, n in totals.items():
+    return totals
+
+
+def _observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+    for dialect, n in _totals().items():
         yield metrics.Observation(n, {"dialect": dialect})
