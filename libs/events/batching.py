@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from .envelope import Envelope
 from .publisher import Publisher
+from .tracing import tracing_on
 
 AfterFlush = Callable[[Sequence[tuple[str, Envelope]], Sequence[str]], Awaitable[None]]
 
@@ -90,6 +91,12 @@ class BatchingPublisher:
 
     async def publish(self, stream: str, envelope: Envelope) -> str:
         """Append ``envelope`` to ``stream`` with the next batch; returns its entry id once acknowledged."""
+        if tracing_on():  # the span covers the wait for Redis's answer
+            with self.publisher.span(stream, envelope):
+                return await self._publish(stream, envelope)
+        return await self._publish(stream, envelope)
+
+    async def _publish(self, stream: str, envelope: Envelope) -> str:
         self.start()
         loop = asyncio.get_running_loop()
         entry = _Entry(stream, envelope, loop.create_future())

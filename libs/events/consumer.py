@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from .projection import BatchHandler, Delivery, Handler
 from .publisher import dlq_stream
 from .schemas import REGISTRY, Registry
 from .stats import RunnerStats, group_stats, track
-from .tracing import extract_context, tracer
+from .tracing import SERVICE_ATTR, extract_context, headers_of, tracer, tracing_on
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,16 @@ class ConsumerRunner:
     async def _attempt(self, handler: BatchHandler, batch: list[Delivery]) -> bool:
         """Run a handler under one span per entry; ack all on success."""
         spans = [self._span(d) for d in batch]
+        if tracing_on():
+            batch = [dataclasses.replace(d, trace=headers_of(s)) for d, s in zip(batch, spans, strict=True)]
         try:
-            await handler(batch)
+            if len(spans) == 1:  # one entry: its span is the handler's current span too
+                with trace.use_span(
+                    spans[0], end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
+                    await handler(batch)
+            else:
+                await handler(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -312,6 +321,7 @@ class ConsumerRunner:
                 "messaging.consumer.group.name": self.sub.group,
                 "messaging.message.id": d.envelope.id,
                 "messaging.operation.type": "process",
+                SERVICE_ATTR: self.sub.group.partition(".")[0],  # groups are <service>.<purpose>
             },
         )
 

@@ -15,6 +15,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -157,9 +158,14 @@ class OutboxTx:
     correlation_id: str | None = None
     envelopes: list[Envelope] = field(default_factory=list)
 
-    def emit(self, events: Sequence[Event]) -> list[Envelope]:
-        """Queue events; they reach the outbox in this transaction (nothing if it rolls back)."""
-        new = [self.publisher.envelope(e, correlation_id=self.correlation_id) for e in events]
+    def emit(self, events: Sequence[Event], headers: dict[str, str] | None = None) -> list[Envelope]:
+        """Queue events; they reach the outbox in this transaction (nothing if it rolls back).
+
+        ``headers``: the trace context of what caused them (a delivery's ``trace``); by default
+        the current span's.
+        """
+        meta: dict[str, Any] = {"headers": headers} if headers else {}
+        new = [self.publisher.envelope(e, correlation_id=self.correlation_id, **meta) for e in events]
         self.envelopes += new
         return new
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -21,6 +21,9 @@ class Delivery:
     envelope: Envelope
     event: Event
     deliveries: int = 1
+    # W3C headers of the consumer span handling it: what the handler emits because of this entry
+    # carries them, so the trace goes on (empty when tracing is off).
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

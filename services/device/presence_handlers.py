@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,7 +45,7 @@ TYPES = frozenset(
     }
 )
 TABLES = ("presence", "presence_gateways")
-Emit = Callable[[Sequence[Event]], Any]
+Emit = Callable[[Sequence[Event], dict[str, str] | None], Any]
 Horizon = Callable[[], Awaitable[datetime]]
 
 
@@ -58,6 +58,7 @@ class Found:
     entry_id: str
     signal: Signal | None  # None: a backfilled heartbeat (moves the position, not the state)
     metrics: dict[str, Any] | None = None
+    trace: dict[str, str] = field(default_factory=dict)  # the delivery's trace context
 
 
 def signal_of(d: Delivery) -> Found | None:
@@ -67,13 +68,13 @@ def signal_of(d: Delivery) -> Found | None:
         if event.backfill:
             return Found(event.device_id, "hb", d.entry_id, None)
         beat = Beat(event.received_at, event.status, event.seq, event.sent_at, event.boot)
-        return Found(event.device_id, "hb", d.entry_id, beat, dict(event.metrics) or None)
+        return Found(event.device_id, "hb", d.entry_id, beat, dict(event.metrics) or None, d.trace)
     if isinstance(event, AgentConnected):
         connected = Connected(event.at, event.connection_id, event.gateway_id)
-        return Found(event.device_id, "gw", d.entry_id, connected)
+        return Found(event.device_id, "gw", d.entry_id, connected, trace=d.trace)
     if isinstance(event, AgentDisconnected):
         signal = Disconnected(event.at, event.reason, event.connection_id)
-        return Found(event.device_id, "gw", d.entry_id, signal)
+        return Found(event.device_id, "gw", d.entry_id, signal, trace=d.trace)
     return None
 
 
@@ -108,8 +109,10 @@ def _newer(entry_id: str, position: str | None) -> bool:
 
 def _fold(
     state: Presence, row: presence_store.Row, found: list[Found], timing: Timing
-) -> tuple[Save, list[Transition]]:
+) -> tuple[Save, list[Transition], list[dict[str, str]]]:
+    """The device's new state, its transitions and, for each, the trace context of its cause."""
     out: list[Transition] = []
+    traces: list[dict[str, str]] = []
     metrics = None
     positions = dict(row.positions)
     for f in found:
@@ -119,10 +122,11 @@ def _fold(
         if f.signal is None:
             continue
         new = observe(state, f.signal, timing, out)
+        traces += [f.trace] * (len(out) - len(traces))
         if f.metrics is not None and (new.last_seq, new.last_time) != (state.last_seq, state.last_time):
             metrics = f.metrics  # only an accepted heartbeat's metrics are the latest
         state = new
-    return Save(row.device_id, state, positions, metrics), out
+    return Save(row.device_id, state, positions, metrics), out, traces
 
 
 async def apply_batch(
@@ -142,19 +146,21 @@ async def apply_batch(
     if not per_device:
         return
     rows = await presence_store.lock(conn, sorted(per_device))
-    saved, events = [], []
+    saved: list[Save] = []
+    events: list[tuple[Event, dict[str, str]]] = []
     base = {"heartbeat_interval_s": defaults.interval_s, "heartbeat_timeout_s": defaults.timeout_s}
     for device_id, row in rows.items():
         state = row.state
         if quiet_before is not None:
             state = msgspec.structs.replace(state, quiet_before=quiet_before)
         timing = _timing(row.metadata, row.workspace, base)
-        save, out = _fold(state, row, per_device[device_id], timing)
+        save, out, traces = _fold(state, row, per_device[device_id], timing)
         saved.append(save)
-        events += status_events(device_id, row.workspace_id, out)
+        events += zip(status_events(device_id, row.workspace_id, out), traces, strict=True)
     await presence_store.save(conn, saved)
-    if emit is not None and events:
-        emit(events)
+    if emit is not None:
+        for event, trace in events:  # each change continues the trace of the entry that caused it
+            emit([event], trace or None)
 
 
 class PresenceService:
