@@ -14,6 +14,7 @@ class Settings(ServiceSettings, kw_only=True, frozen=True):
     # (same-origin is always allowed).
     portal_flush_s: float = 0.05
     portal_metrics_s: float = 2.0
+    portal_pipeline_s: float = 5.0  # pipeline health frames (group lag, heartbeat -> portal latency)
     portal_max_queue: int = 5000
     portal_hello_timeout_s: float = 5.0
     portal_token_recheck_s: float = 30.0

@@ -4,7 +4,8 @@ Protocol (subprotocol ``fleet.portal.v1``): the browser's first frame is ``{type
 workspace_id?}`` (the operator token never goes in the URL); the gateway answers ``snapshot`` with
 every device of the workspace, then coalesced deltas every ``flush_s``: ``status``, ``device``,
 ``device_removed``, ``metrics`` (from the latest-metrics cache, at most every ``metrics_s``) and
-``command``; with ``{type:"tail", on:true}`` also ``event`` frames (the events view). Every gateway
+``command``, ``pipeline`` (group lag and heartbeat -> portal latency, every ``pipeline_s``); with
+``{type:"tail", on:true}`` also ``event`` frames (the events view). Every gateway
 instance reads the streams itself (no consumer group), so portals may connect to any of them.
 """
 
@@ -22,11 +23,14 @@ import msgspec
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, Response
 
+from libs.events import metrics
 from libs.events.envelope import UndecodableEntry, UnknownEventType, decode_entry, decode_event, entry_key
 from libs.events.identity import Claims, TokenError
 from libs.events.schemas import REGISTRY
+from libs.events.schemas.device import DeviceStatusChanged
 from libs.events.service import ServiceHost
 
+from . import pipeline
 from .portal_view import Coalescer, FleetView, Frame, tail_allowed, tail_data, workspace_of
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,9 @@ class PortalHub:
         self.hello_timeout_s = float(getattr(s, "portal_hello_timeout_s", 5.0))
         self.recheck_s = float(getattr(s, "portal_token_recheck_s", 30.0))
         self.origins = frozenset(getattr(s, "portal_allowed_origins", ()))
+        self.pipeline_s = float(getattr(s, "portal_pipeline_s", 5.0))
+        self.pipeline = pipeline.Pipeline()
+        metrics.gauge("fleet_gateway_portals", "open portal sockets", (), _portals)
 
     # ---- streams --------------------------------------------------------------------------------
 
@@ -120,6 +127,8 @@ class PortalHub:
         if not live or workspace is None or workspace not in self.sockets:
             return
         sockets = self.sockets[workspace]
+        if frames and isinstance(event, DeviceStatusChanged):
+            self.pipeline.pushed(envelope, event, len(sockets))
         tail: list[Frame] = []
         if any(sock.tail for sock in sockets):  # the events view is open somewhere: build it once
             tail.append(
@@ -155,6 +164,22 @@ class PortalHub:
                             sock.push(frames)
             except Exception as exc:
                 log.warning("portal metrics poll failed: %s", exc)
+
+    async def poll_pipeline(self, stop: asyncio.Event) -> None:
+        """Every ``pipeline_s``, the pipeline's health to every portal of this gateway."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.pipeline_s)
+            if not self.sockets:
+                continue
+            try:
+                frame = await pipeline.frame(self.host.redis, self.host.settings.stream_prefix, self.pipeline)
+            except Exception as exc:
+                log.warning("portal pipeline poll failed: %s", exc)
+                continue
+            for group in list(self.sockets.values()):
+                for sock in group:
+                    sock.push([frame])
 
     def _metrics_frames(self, workspace: str, ids: list[str], values: list[Any]) -> list[Frame]:
         frames = []
@@ -295,6 +320,10 @@ def portal_router(hub: PortalHub) -> APIRouter:
 _hubs: dict[int, tuple[ServiceHost, PortalHub]] = {}
 
 
+def _portals() -> list[tuple[dict[str, str], float]]:
+    return [({}, float(sum(len(g) for _h, hub in list(_hubs.values()) for g in hub.sockets.values())))]
+
+
 def hub_of(host: ServiceHost) -> PortalHub:
     """The host's portal hub (one per host: its routes and its background tasks share it)."""
     found = _hubs.get(id(host))
@@ -311,4 +340,4 @@ def portal_routers(host: ServiceHost) -> list[APIRouter]:
 def portal_background(host: ServiceHost) -> list[Any]:
     """The portal's stream follower and metrics poller (for ``ServiceSpec.background``)."""
     hub = hub_of(host)
-    return [hub.run, hub.poll_metrics]
+    return [hub.run, hub.poll_metrics, hub.poll_pipeline]

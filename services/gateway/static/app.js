@@ -172,7 +172,27 @@ function onFrame(f) {
     case "event":
       appendEvent(f);
       break;
+    case "pipeline":
+      showPipeline(f);
+      break;
   }
+}
+
+// The pipeline's health in the header: consumer-group lag and heartbeat -> portal latency.
+function showPipeline(f) {
+  let strip = $("#pipeline");
+  if (!strip) {
+    strip = document.createElement("span");
+    strip.id = "pipeline";
+    strip.className = "pipeline";
+    $("#live").before(strip);
+  }
+  const lag = f.groups.reduce((n, g) => n + (g.lag || 0), 0);
+  const pending = f.groups.reduce((n, g) => n + g.pending, 0);
+  const l = f.latency;
+  strip.textContent = `lag ${lag} · pending ${pending}` + (l ? ` · heartbeat→portal p50 ${l.p50_ms} ms p95 ${l.p95_ms} ms` : "");
+  strip.title = f.groups.map((g) => `${g.group} on ${g.stream}: lag ${g.lag ?? "?"}, pending ${g.pending}`).join("\n");
+  strip.classList.toggle("warn", lag > 1000 || (l !== null && l.p95_ms > 5000));
 }
 
 // ---- views -----------------------------------------------------------------------------------
