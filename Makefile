@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint fmt unit integration e2e bench clean
+.PHONY: run test lint fmt unit integration e2e bench clean up down logs
 
 # (Re)create the venv when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -47,6 +47,21 @@ bench: $(STAMP)
 load: $(STAMP)
 	$(BIN)/python -c 'import locust' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[load]'
 	$(BIN)/python bench/load.py --duration 60 $(LOAD_ARGS)
+
+# The container deployment (docs/deploy.md): `make up PROFILES="sim observe"` adds profiles.
+COMPOSE  ?= docker compose
+PROFILES ?=
+COMPOSE_PROFILES_ARGS = $(foreach p,$(PROFILES),--profile $(p))
+
+up:
+	@test -f .env || { echo "no .env: cp .env.example .env and fill in every secret" >&2; exit 2; }
+	$(if $(filter observe,$(PROFILES)),FLEET_OTEL_EXPORTER=otlp) $(COMPOSE) $(COMPOSE_PROFILES_ARGS) up -d --build
+
+down:
+	$(COMPOSE) --profile sim --profile load --profile observe down
+
+logs:
+	$(COMPOSE) $(COMPOSE_PROFILES_ARGS) logs -f --tail=100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
