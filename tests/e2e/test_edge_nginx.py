@@ -1,7 +1,8 @@
 """The edge proxy for real: Debian's nginx with infra/nginx/fleet.conf in front of the services.
 
 Every service runs as its own processes (``python -m services.<name> api`` and ``worker``) on free
-loopback ports, in a database and a stream prefix of this module's own; nginx runs in the foreground
+loopback ports with a stream prefix of this module's own, connected as its own role to a private
+Postgres that infra/postgres/init.sql prepared exactly as compose's is prepared; nginx runs in the foreground
 with a private prefix on a free port, with the routing file unchanged (only its ``listen`` port) and an
 upstreams file naming those ports. Every dialect is then driven through the edge alone: the portal
 page, operator login and APIs, dialect S (auth, heartbeat, its WebSocket, a command result), dialect K
@@ -16,6 +17,7 @@ root is unavailable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -28,7 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import httpx
 import pytest
 import redis
@@ -37,7 +41,6 @@ import websockets
 from fleet.routes import ROUTES, resolve
 
 from ..conftest import REDIS_URL, free_port
-from .conftest import new_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -99,6 +102,31 @@ def nginx_config(prefix: Path, port: int, ports: dict[str, int]) -> Path:
     return main
 
 
+@contextlib.contextmanager
+def compose_postgres(pgdata: Path) -> Iterator[dict[str, str]]:
+    """A private Postgres (the pgserver package, as ``fleet up`` uses) with database ``fleet``
+    prepared by infra/postgres/init.sql; yields each service's URL, as its own role."""
+    from pgserver.postgres_server import POSTGRES_BIN_PATH, get_server
+
+    server = get_server(pgdata, cleanup_mode="delete")
+    try:
+        server.psql("CREATE DATABASE fleet;")
+        socket_dir = parse_qs(urlsplit(server.get_uri("fleet")).query)["host"][0]
+        passwords = {name: uuid.uuid4().hex for name in SERVICES}
+        init = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "psql"), server.get_uri("fleet"), "-v", "ON_ERROR_STOP=1"]
+            + [arg for name, pw in passwords.items() for arg in ("-v", f"pw_{name}={pw}")]
+            + ["-f", str(ROOT / "infra" / "postgres" / "init.sql")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert init.returncode == 0, init.stderr
+        yield {name: f"postgresql://{name}:{pw}@/fleet?host={socket_dir}" for name, pw in passwords.items()}
+    finally:
+        server.cleanup()
+
+
 def poll(url: str, deadline: float, what: str) -> None:
     """GET ``url`` until it answers 200."""
     while True:
@@ -125,6 +153,7 @@ class Edge:
     email: str
     password: str
     ports: dict[str, int]
+    database_urls: dict[str, str]
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -148,11 +177,11 @@ def edge(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Iterator[Edge
     ports = {name: free_port() for name in SERVICES}
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
-    with new_database(run_id) as database_url:
+    with compose_postgres(tmp / "pg") as database_urls:
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.endswith(("DATABASE_URL", "REDIS_URL"))},
             "REDIS_URL": REDIS_URL,
-            "DATABASE_URL": database_url,
+            **{f"{name.upper()}_DATABASE_URL": url for name, url in database_urls.items()},
             "STREAM_PREFIX": prefix,
             "SIGNING_KEY": KEY,
             "PYTHONPATH": str(ROOT),
@@ -218,6 +247,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Iterator[Edge
                 email=email,
                 password=password,
                 ports=ports,
+                database_urls=database_urls,
             )
         finally:
             stop_all(procs)
@@ -474,11 +504,37 @@ async def test_what_the_edge_answers_itself(edge: Edge, http: httpx.AsyncClient)
 
 def test_every_request_reached_the_service_fleet_routes_names(edge: Edge) -> None:
     """The access log's upstream of each proxied line is the service fleet/routes.py resolves."""
+    # a request to each service, answered by it whatever it thinks of the caller
+    for path in ("/", "/api/v1/auth/me", "/api/v1/devices", "/api/v1/devices/pending", "/api/v1/agent/x"):
+        httpx.get(f"{edge.url}{path}", timeout=30)
     by_port = {f"127.0.0.1:{port}": name for name, port in edge.ports.items()}
-    lines = [line for line in edge.access_log.read_text().splitlines() if " up=127.0.0.1:" in line]
-    assert len(lines) >= 25, lines
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in edge.access_log.read_text().splitlines() if " up=127.0.0.1:" in line]
+        seen = {by_port[line.split(" up=")[1].split()[0]] for line in lines}
+        if seen == set(edge.ports) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert seen == set(edge.ports), lines
     for line in lines:
         path = line.split('"')[1].split()[1]
         upstream = line.split(" up=")[1].split()[0]
         want = resolve(path, ROUTES, set(edge.ports))
         assert want is not None and by_port[upstream] == want.service, line
+
+
+async def test_each_service_is_a_role_with_no_access_to_the_others_schemas(edge: Edge) -> None:
+    """What init.sql promises, with every service's migrations applied by now."""
+    for name, url in edge.database_urls.items():
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT current_user") == name
+            assert await conn.fetchval(f"SELECT count(*) FROM {name}.schema_migrations") > 0
+            for other in SERVICES:
+                if other != name:
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await conn.fetchval(f"SELECT count(*) FROM {other}.outbox")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("CREATE TABLE public.intruder (i int)")
+        finally:
+            await conn.close()
