@@ -37,6 +37,7 @@ import httpx
 import pytest
 import redis
 import websockets
+import yaml
 
 from fleet.routes import ROUTES, resolve
 
@@ -500,6 +501,14 @@ async def test_what_the_edge_answers_itself(edge: Edge, http: httpx.AsyncClient)
         headers={"Content-Type": "application/json"},
     )
     assert big.status_code == 413 and big.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_the_compose_healthcheck_of_the_edge_passes_against_it(edge: Edge) -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    argv = compose["services"]["edge"]["healthcheck"]["test"]
+    assert argv[:3] == ["CMD", "bash", "-c"] and "/127.0.0.1/8080" in argv[3]
+    port = edge.url.rsplit(":", 1)[1]
+    assert subprocess.run(["bash", "-c", argv[3].replace("/8080", f"/{port}")], timeout=10).returncode == 0
 
 
 def test_every_request_reached_the_service_fleet_routes_names(edge: Edge) -> None:
