@@ -43,7 +43,8 @@ from fleet.routes import ROUTES, resolve
 
 from ..conftest import REDIS_URL, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# room for apt-get to install nginx on the first run, then about half a minute
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "infra" / "nginx" / "fleet.conf"
@@ -65,7 +66,7 @@ def nginx_binary() -> str:
         pytest.skip("nginx is not installed and installing it with apt-get needs root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
         if done.returncode != 0:
             pytest.fail(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     found = shutil.which("nginx") or "/usr/sbin/nginx"
