@@ -149,8 +149,7 @@ class Observed:
                     await self.app(scope, receive, sending)
         finally:
             method, route = scope.get("method", ""), route_of(scope)
-            metrics.REQUESTS.labels(self.service, method, route, str(status)).inc()
-            metrics.LATENCY.labels(self.service, method, route).observe(time.perf_counter() - started)
+            metrics.REQUESTS.record(self.service, method, route, status, time.perf_counter() - started)
             if span is not None:
                 span.update_name(f"{method} {route}")
                 span.set_attribute("http.route", route)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -32,9 +33,24 @@ def headers_of(span: trace.Span) -> dict[str, str]:
     return carrier
 
 
+_installed: list[float] = [0.0, 0.0]  # [1.0 once a provider is seen, monotonic time of the last look]
+
+
 def tracing_on() -> bool:
-    """Whether a tracer provider is installed (without one every span is a no-op: skip the work)."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    """Whether a tracer provider is installed (without one every span is a no-op: skip the work).
+
+    A provider cannot be removed once set, so a yes is kept; a no is looked at again after a second
+    (asking OpenTelemetry costs microseconds, too much for every heartbeat).
+    """
+    if _installed[0]:
+        return True
+    now = time.monotonic()
+    if now - _installed[1] < 1.0 and _installed[1]:
+        return False
+    _installed[1] = now
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        _installed[0] = 1.0
+    return bool(_installed[0])
 
 
 def tracer() -> trace.Tracer:
