@@ -53,6 +53,11 @@ def tracing_on() -> bool:
     return bool(_installed[0])
 
 
+def recheck() -> None:
+    """Forget a cached "no provider" (call after installing one: spans start at once)."""
+    _installed[1] = 0.0
+
+
 def tracer() -> trace.Tracer:
     """The tracer used by the publisher and the consumer runner."""
     return trace.get_tracer(TRACER_NAME)
@@ -90,4 +95,5 @@ def configure_tracing(service_name: str, exporter: str | None = None) -> Any:
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
+    recheck()
     return provider

@@ -29,7 +29,7 @@ from libs.events.identity import Claims, Signer
 from libs.events.publisher import Publisher
 from libs.events.schemas.auth import WorkspaceCreated
 from libs.events.service import ServiceHost
-from libs.events.tracing import SERVICE_ATTR
+from libs.events.tracing import SERVICE_ATTR, recheck
 from services.device.config import Settings as DeviceSettings
 from services.device.main import SPEC as DEVICE
 from services.gateway.config import Settings as GatewaySettings
@@ -52,6 +52,7 @@ def spans() -> InMemorySpanExporter:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    recheck()
     return exporter
 
 
