@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -211,6 +212,7 @@ class ServiceHost:
             lifespan=lifespan if manage_lifespan else None,
             docs_url=None,
             redoc_url=None,
+            **_NO_FRAMEWORK_TELEMETRY,
         )
         install_error_handlers(app)
         app.add_middleware(BodyLimit, max_bytes=self.settings.max_body_bytes)
@@ -258,6 +260,17 @@ class ServiceHost:
             runner.stop()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# FastAPI releases with built-in OpenTelemetry open their own server span per request (a separate
+# trace, recording the raw path: dialect W's carries a token), request metrics and validation-failure
+# logs with the input values. The runtime's own middleware (``http.Observed``) does the first two by
+# route template; the framework's are turned off where the framework has them.
+_NO_FRAMEWORK_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def health_router(host: ServiceHost) -> APIRouter:
