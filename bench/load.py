@@ -73,9 +73,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=30, help="seconds between a device's heartbeats")
     p.add_argument("--devices", type=int, default=1000, help="pool size")
     p.add_argument("--users", type=int, help="locust users (default: 64 with --max, else --devices)")
-    p.add_argument("--spawn-rate", type=float, help="users started per second (default: users, max 100)")
+    p.add_argument(
+        "--spawn-rate",
+        type=float,
+        help="users started per second (default: users / interval; --max: users, at most 100)",
+    )
     p.add_argument("--duration", type=float, default=60, help="seconds of load (locust -t)")
     p.add_argument("--timeout", type=float, help="hard limit on locust (default: duration + 360 s)")
+    p.add_argument("--wrk", action="store_true", help="with --layout: then wrk, same platform and pool size")
     p.add_argument("--demo-json", default=".fleet/demo.json", help="fleet up's demo login, if no env")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="for --layout")
     p.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -88,8 +93,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.users = 64 if args.max else args.devices
     if args.users <= 0:
         raise UsageError("--users must be positive")
-    if args.spawn_rate is None:
-        args.spawn_rate = float(min(args.users, 100))
+    if args.spawn_rate is None:  # paced: one interval's spawn spreads the phases (a steady rate)
+        args.spawn_rate = float(min(args.users, 100)) if args.max else args.users / args.interval
+    if args.wrk and args.layout == "none":
+        raise UsageError("--wrk needs --layout (its device logins need the raised rate limit)")
     if args.timeout is None:
         args.timeout = args.duration + 360
     if args.timeout < args.duration + 120:
@@ -109,7 +116,7 @@ def locust_argv(args: argparse.Namespace, host: str, csv_prefix: Path) -> list[s
         "-u",
         str(args.users),
         "-r",
-        f"{args.spawn_rate:g}",
+        f"{args.spawn_rate:.6g}",
         "-t",  # a bound on locust itself; FLEET_RUN_S ends the load after the setup
         f"{round(args.timeout)}s",
         "--stop-timeout",
@@ -378,33 +385,117 @@ async def _bootstrap(auth_port: int) -> dict[str, str]:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def table(args: argparse.Namespace, stats: Stats, cpu: dict[str, float], argv: list[str]) -> str:
-    """The markdown table of one run."""
+def table(
+    args: argparse.Namespace,
+    stats: Stats,
+    cpu: dict[str, float],
+    argv: list[str],
+    wrk: dict[str, Any] | None = None,
+) -> str:
+    """The markdown table of one run (a wrk column with --wrk)."""
     mode = (
         "max throughput (no wait)" if args.max else f"one heartbeat per device-user every {args.interval:g} s"
     )
     failed = {k: v for k, v in stats.by_name.items() if "[" in k}
+    cores = (os.cpu_count() or 1) * 100
     rows = [
-        ("target", f"{args.layout if args.layout != 'none' else args.url}; {mode}"),
-        ("users / pool", f"{args.users} users, {args.devices} devices, {args.duration:g} s"),
-        ("heartbeats/s (2xx + failures)", f"{stats.rps:,.0f}"),
-        ("requests, failures", f"{stats.requests:,}, {stats.failures:,}" + (f" {failed}" if failed else "")),
-        ("p50 / p95 / p99 / max", f"{stats.p50:g} / {stats.p95:g} / {stats.p99:g} / {stats.max:,.0f} ms"),
+        ["target", f"{args.layout if args.layout != 'none' else args.url}; {mode}"],
+        ["users / pool", f"{args.users} users, {args.devices} devices, {args.duration:g} s"],
+        ["heartbeats/s (2xx + failures)", f"{stats.rps:,.0f}"],
+        ["requests, failures", f"{stats.requests:,}, {stats.failures:,}" + (f" {failed}" if failed else "")],
+        ["p50 / p95 / p99 / max", f"{stats.p50:g} / {stats.p95:g} / {stats.p99:g} / {stats.max:,.0f} ms"],
     ]
     if cpu:
         server = f", platform processes {cpu['servers']:.0%}" if args.layout != "none" else ""
         rows.append(
-            (
+            [
                 "CPU during the load (1 core = 100%)",
-                f"locust {cpu['locust']:.0%}{server}, "
-                f"whole machine {cpu['machine']:.0%} of {(os.cpu_count() or 1) * 100}% "
-                f"(busy {cpu['before']:.0%} in the 2 s before the run: other work on the machine)",
-            )
+                f"locust {cpu['locust']:.0%}{server}, whole machine {cpu['machine']:.0%} of {cores}% "
+                f"(busy {cpu['before']:.0%} in the 2 s before: other work on the machine)",
+            ]
         )
+    if wrk is not None:
+        ms = lambda us: f"{us / 1000:.1f}"  # noqa: E731
+        sock = {k: wrk[k] for k in ("connect", "read", "write", "timeout") if wrk[k]}
+        extra = [
+            f"wrk -t1 -c{args.users}, the same pool size, after the locust run",
+            "",
+            f"{wrk['rate']:,.0f} (2xx only)",
+            f"{wrk['requests']:,}, {wrk['status_errors']:,} non-2xx"
+            + (f", socket errors {sock}" if sock else ""),
+            f"{ms(wrk['p50'])} / — (p90 {ms(wrk['p90'])}) / {ms(wrk['p99'])} / {ms(wrk['max'])} ms",
+            f"wrk {wrk['wrk_cpu']:.0%}, platform processes {wrk['cpu']['servers']:.0%}, "
+            f"whole machine {wrk['machine']:.0%} of {cores}% (busy {wrk['before']:.0%} in the 2 s before)",
+        ]
+        for row, cell in zip(rows, extra, strict=False):
+            row.append(cell)
     cmd = f"`.venv/bin/python bench/load.py {' '.join(argv)}`"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     head = f"nproc {os.cpu_count()}, Python {platform.python_version()}, {when}, {cmd}\n\n"
-    return head + "| measure | locust |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    cols = "| measure | locust | wrk |\n|---|---|---|\n" if wrk else "| measure | locust |\n|---|---|\n"
+    return head + cols + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+async def run_wrk(
+    args: argparse.Namespace, host: str, extra: dict[str, str], procs: list[Any], prefix: str, workdir: Path
+) -> dict[str, Any]:
+    """A fresh pool of --devices sessions, then ``wrk -c<users>`` for --duration (bench/heartbeat.py's)."""
+    import heartbeat as hb
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(args.redis_url)
+    try:  # start from an idle platform: the presence worker has read locust's heartbeats
+        await hb.presence_drain(r, f"{prefix}telemetry:heartbeats", timeout=120)
+    finally:
+        await r.aclose()
+    sessions = await device_sessions(
+        extra.get("FLEET_AUTH_URL", host), extra.get("FLEET_DEVICE_URL", host), extra, args.devices
+    )
+    lua = workdir / "wrk.lua"
+    hb.write_lua(lua, sessions)
+    port = int(urlsplit(host).port or 80)
+    before = machine_busy(2.0)
+    m0 = _busy()
+    result = await hb.wrk_with_cpu(port, lua, args.duration, args.users, {"servers": procs})
+    result["machine"] = (_busy() - m0) / result["wall"]
+    result["before"] = before
+    return result
+
+
+def _busy() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+async def device_sessions(auth_url: str, device_url: str, operator: dict[str, str], n: int) -> list[str]:
+    """Login, ``n`` devices in bulk, one device session each (16 logins at a time)."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=60) as c:
+        body = {"email": operator["FLEET_EMAIL"], "password": operator["FLEET_PASSWORD"]}
+        r = await c.post(f"{auth_url}/api/v1/auth/login", json=body)
+        r.raise_for_status()
+        headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        made: list[tuple[str, str]] = []
+        while len(made) < n:
+            bulk = {"count": min(1000, n - len(made)), "name_prefix": "wrk", "device_type": "virtual"}
+            bulk["start"] = len(made) + 1
+            r = await c.post(f"{device_url}/api/v1/devices/bulk", json=bulk, headers=headers)
+            r.raise_for_status()
+            made += [(d["device_id"], d["credentials"]["secret"]) for d in r.json()["items"]]
+        gate = asyncio.Semaphore(16)
+
+        async def login(device_id: str, secret: str) -> str:
+            async with gate:
+                a = await c.post(
+                    f"{auth_url}/api/v1/device/auth", json={"deviceId": device_id, "deviceSecret": secret}
+                )
+            a.raise_for_status()
+            return str(a.json()["token"])
+
+        return list(await asyncio.gather(*(login(*d) for d in made)))
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> str:
@@ -437,7 +528,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> str:
             env.update(extra, FLEET_KEEP_DEVICES="1")  # the database goes away with the run
             stats, cpu, _ = run_locust(args, host, env, workdir, procs)
             services.check_alive()
-            return table(args, stats, cpu, argv)
+            wrk = None
+            if args.wrk:
+                print(f"wrk: {args.duration:g} s", file=sys.stderr)
+                wrk = asyncio.run(run_wrk(args, host, extra, procs, cleanup["prefix"], workdir))
+                services.check_alive()
+            return table(args, stats, cpu, argv, wrk)
         finally:
             services.stop()
             asyncio.run(hb.clean(args, cleanup))

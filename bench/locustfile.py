@@ -9,8 +9,10 @@ authenticates once (``POST /api/v1/device/auth``). Users then ``POST /api/v1/dev
 with the device's ``X-Device-Session``:
 
 - realistic pacing (default): each user is one device sending one heartbeat every
-  ``FLEET_HEARTBEAT_INTERVAL_S`` (30 s, the platform's default interval), starting at a random
-  offset within the first interval;
+  ``FLEET_HEARTBEAT_INTERVAL_S`` (30 s, the platform's default interval) with ``constant_pacing``,
+  which counts from the user's start: spawn the users at ``users / interval`` per second (what
+  ``bench/load.py`` does) and their phases spread evenly over the interval, so the rate is steady
+  from the first second; a faster spawn rate sends the heartbeats in waves;
 - ``FLEET_MAX=1``: no wait; each request takes the next device of the pool (as wrk's script in
   ``bench/heartbeat.py`` rotates sessions), for the client's maximum throughput.
 
@@ -218,13 +220,11 @@ class HeartbeatUser(FastHttpUser):
     wait_time = constant(0) if MAX else constant_pacing(INTERVAL_S)
 
     def on_start(self) -> None:
-        """Take a device; with realistic pacing, start at a random point of the first interval."""
+        """Take a device (its phase in the interval is the user's start: see the spawn rate above)."""
         if POOL.failed or not POOL.devices:
             gevent.sleep(3600)  # the runner's quit, scheduled by the failed setup, ends this user
             raise StopUser()
         self.device = POOL.next()
-        if not MAX:
-            gevent.sleep(random.uniform(0, INTERVAL_S))
 
     @task
     def heartbeat(self) -> None:
