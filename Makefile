@@ -42,11 +42,12 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/backbone.py
 
-# Locust against 127.0.0.1 (FLEET_URL, default :8080, e.g. `fleet up`), headless, bounded to 60 s.
+# Locust against 127.0.0.1 (FLEET_URL, default :8080, e.g. `fleet up`), headless, 60 s of load.
+# 250 devices: their logins fit auth's default 300 device logins a minute per address.
 .PHONY: load
 load: $(STAMP)
 	$(BIN)/python -c 'import locust' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[load]'
-	$(BIN)/python bench/load.py --duration 60 $(LOAD_ARGS)
+	$(BIN)/python bench/load.py --duration 60 --devices 250 $(LOAD_ARGS)
 
 # The container deployment (docs/deploy.md): `make up PROFILES="sim observe"` adds profiles.
 COMPOSE  ?= docker compose
