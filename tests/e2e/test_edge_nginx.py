@@ -494,8 +494,9 @@ async def test_portal_socket_same_origin_through_the_edge(edge: Edge) -> None:
 
 async def test_what_the_edge_answers_itself(edge: Edge, http: httpx.AsyncClient) -> None:
     assert (await http.get("/healthz")).json() == {"status": "ok", "service": "edge"}
-    hidden = await http.get("/_services/auth/readyz")
-    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "NOT_FOUND"
+    for path in ("/_services/auth/readyz", "/metrics"):
+        hidden = await http.get(path)
+        assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "NOT_FOUND", path
     big = await http.post(
         "/api/v1/device/heartbeat",
         content=b"x" * (1024 * 1024 + 1),

@@ -102,10 +102,13 @@ def test_every_route_of_the_table_has_its_own_location(locs: list[Location]) -> 
         assert same[0].service == service, f"{prefix}: fleet.conf sends it to {same[0].service}"
 
 
-def test_only_health_and_the_private_prefix_are_answered_by_the_edge_itself(locs: list[Location]) -> None:
+def test_only_health_metrics_and_the_private_prefix_are_answered_by_the_edge_itself(
+    locs: list[Location],
+) -> None:
     own = [loc.pattern for loc in locs if loc.service is None]
-    assert own == ["/healthz", SERVICES_PREFIX]
-    assert nginx_pick(locs, "/_services/auth/readyz").service is None  # type: ignore[union-attr]
+    assert own == ["/healthz", "/metrics", SERVICES_PREFIX]
+    for path in ("/_services/auth/readyz", "/metrics"):
+        assert nginx_pick(locs, path).service is None  # type: ignore[union-attr]
 
 
 def test_every_upstream_is_a_known_service_on_its_port() -> None:
