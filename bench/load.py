@@ -411,7 +411,7 @@ def table(
             [
                 "CPU during the load (1 core = 100%)",
                 f"locust {cpu['locust']:.0%}{server}, whole machine {cpu['machine']:.0%} of {cores}% "
-                f"(busy {cpu['before']:.0%} in the 2 s before: other work on the machine)",
+                f"(busy {cpu['before']:.0%} in the 2 s before the load)",
             ]
         )
     if wrk is not None:
