@@ -73,7 +73,7 @@ class Device:
 
 
 @dataclass
-class Pool_:
+class DevicePool:
     """The process's devices; ``next()`` hands them out round-robin (greenlets: no lock needed)."""
 
     devices: list[Device] = field(default_factory=list)
@@ -86,7 +86,7 @@ class Pool_:
         return self.devices[self.i]
 
 
-POOL = Pool_()
+POOL = DevicePool()
 
 
 def _session() -> requests.Session:
