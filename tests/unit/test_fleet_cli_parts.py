@@ -136,3 +136,21 @@ def test_fleet_up_serves_with_the_gateways_websocket_limits() -> None:
     other = SimpleNamespace(spec=SimpleNamespace(server=lambda _s: {"ws_max_size": 99}), settings=None)
     with pytest.raises(CommandError, match="ws_max_size"):
         server_options({**hosts, "other": other})  # type: ignore[arg-type]
+
+
+def test_fleet_up_connections_have_nagle_off() -> None:
+    """With Nagle on, a response written in two parts waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from fleet.up import listen
+
+    server = listen("127.0.0.1", 0)
+    try:
+        server.listen()
+        client = socket.create_connection(server.getsockname()[:2], timeout=5)
+        accepted, _ = server.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert accepted.proto == socket.IPPROTO_TCP  # so asyncio sets it too
+    finally:
+        server.close()
