@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import uvicorn
@@ -44,7 +45,7 @@ def gateway(database_url: str, prefix: str) -> Iterator[tuple[int, str]]:
 
 
 @contextlib.contextmanager
-def serving(database_url: str, prefix: str) -> Iterator[int]:
+def serving(database_url: str, prefix: str, **overrides: Any) -> Iterator[int]:
     """Serve one gateway instance (portal only) on a free port until the block ends."""
     spec = ServiceSpec(
         name="gateway",
@@ -58,7 +59,7 @@ def serving(database_url: str, prefix: str) -> Iterator[int]:
         database_url=database_url,
         stream_prefix=prefix,
         signing_key=KEY,
-        portal_metrics_s=0.2,
+        **{"portal_metrics_s": 0.2, **overrides},
     )
     host = ServiceHost(spec, settings)
     port = free_port()
