@@ -91,10 +91,9 @@ class BatchingPublisher:
 
     async def publish(self, stream: str, envelope: Envelope) -> str:
         """Append ``envelope`` to ``stream`` with the next batch; returns its entry id once acknowledged."""
-        if tracing_on():  # the span covers the wait for Redis's answer
-            with self.publisher.span(stream, envelope):
-                return await self._publish(stream, envelope)
-        return await self._publish(stream, envelope)
+        # with tracing on, the span covers the wait for Redis's answer
+        with self.publisher.span(stream, envelope) if tracing_on() else contextlib.nullcontext():
+            return await self._publish(stream, envelope)
 
     async def _publish(self, stream: str, envelope: Envelope) -> str:
         self.start()

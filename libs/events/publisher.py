@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -86,10 +87,7 @@ class Publisher:
     async def publish(self, stream: str, event: Event, **meta: Any) -> tuple[str, Envelope]:
         """Publish one event; returns the entry id and the envelope."""
         envelope = self.envelope(event, **meta)
-        if not tracing_on():
-            entry_id = await self._redis.xadd(stream, entry_fields(envelope))  # type: ignore[arg-type]
-            return _text(entry_id), envelope
-        with self.span(stream, envelope):
+        with self.span(stream, envelope) if tracing_on() else contextlib.nullcontext():
             entry_id = await self._redis.xadd(stream, entry_fields(envelope))  # type: ignore[arg-type]
         return _text(entry_id), envelope
 
