@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from libs.events.consumer import ConsumerRunner
+from libs.events.identity import Claims, Signer
+from libs.events.service import ServiceHost, ServiceSpec
 
-from ..conftest import RedisServer
+from ..conftest import REDIS_URL, RedisServer
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
@@ -69,3 +73,43 @@ async def until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("condition not reached")
+
+
+def signed(key: str, **claims: Any) -> str:
+    """A session token signed with ``key`` as auth would mint it, valid for ten minutes."""
+    now = time.time()
+    return Signer(key).issue(Claims(iat=now, exp=int(now) + 600, jti=uuid.uuid4().hex, **claims))
+
+
+@contextlib.asynccontextmanager
+async def services_running(
+    database_url: str,
+    prefix: str,
+    key: str,
+    specs: dict[str, ServiceSpec],
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> AsyncIterator[dict[str, ServiceHost]]:
+    """Started hosts of ``specs`` (one loop, this test's database and prefix), the device worker
+    running when device is among them; stopped at the end."""
+    common = {
+        "redis_url": REDIS_URL,
+        "database_url": database_url,
+        "stream_prefix": prefix,
+        "signing_key": key,
+    }
+    hosts = {
+        name: ServiceHost(spec, spec.settings_cls(**common, **(overrides or {}).get(name, {})))
+        for name, spec in specs.items()
+    }
+    for h in hosts.values():
+        await h.start()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(hosts["device"].run_worker(stop)) if "device" in hosts else None
+    try:
+        yield hosts
+    finally:
+        stop.set()
+        if worker is not None:
+            await worker
+        for h in hosts.values():
+            await h.stop()

@@ -3,65 +3,29 @@ families after real traffic, and no family labelled by device (cardinality, and 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.events.identity import Claims, Signer
 from libs.events.publisher import Publisher
 from libs.events.schemas.auth import WorkspaceCreated
 from libs.events.service import ServiceHost
-from services.commands.config import Settings as CommandsSettings
 from services.commands.main import SPEC as COMMANDS
-from services.device.config import Settings as DeviceSettings
 from services.device.main import SPEC as DEVICE
-from services.gateway.config import Settings as GatewaySettings
 from services.gateway.main import SPEC as GATEWAY
-from services.telemetry.config import Settings as TelemetrySettings
 from services.telemetry.main import SPEC as TELEMETRY
 
-from ..conftest import REDIS_URL
-from .helpers import eventually
+from .helpers import eventually, services_running, signed
 
 KEY = "metrics-key-" + "m" * 32
 
 
-def _token(**claims: object) -> str:
-    now = time.time()
-    return Signer(KEY).issue(Claims(iat=now, exp=int(now) + 600, jti=uuid.uuid4().hex, **claims))  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def running(database_url: str, prefix: str) -> AsyncIterator[dict[str, ServiceHost]]:
-    common = {
-        "redis_url": REDIS_URL,
-        "database_url": database_url,
-        "stream_prefix": prefix,
-        "signing_key": KEY,
-    }
-    hosts = {
-        "telemetry": ServiceHost(TELEMETRY, TelemetrySettings(**common)),
-        "device": ServiceHost(DEVICE, DeviceSettings(**common)),
-        "commands": ServiceHost(COMMANDS, CommandsSettings(**common)),
-        "gateway": ServiceHost(GATEWAY, GatewaySettings(**common)),
-    }
-    for h in hosts.values():
-        await h.start()
-    stop = asyncio.Event()
-    worker = asyncio.create_task(hosts["device"].run_worker(stop))
-    try:
-        yield hosts
-    finally:
-        stop.set()
-        await worker
-        for h in hosts.values():
-            await h.stop()
+def running(database_url: str, prefix: str) -> contextlib.AbstractAsyncContextManager[dict[str, ServiceHost]]:
+    specs = {"telemetry": TELEMETRY, "device": DEVICE, "commands": COMMANDS, "gateway": GATEWAY}
+    return services_running(database_url, prefix, KEY, specs)
 
 
 def client(host: ServiceHost) -> httpx.AsyncClient:
@@ -83,7 +47,7 @@ async def test_metrics_after_traffic(database_url, prefix, r):
     await Publisher(r, producer="auth").publish(
         prefix + "events:auth", WorkspaceCreated(workspace_id=ws, name=ws, open_enrolment=False)
     )
-    operator = _token(typ="operator", sub="op-1", ws=ws, roles={ws: "owner"})
+    operator = signed(KEY, typ="operator", sub="op-1", ws=ws, roles={ws: "owner"})
     async with running(database_url, prefix) as hosts:
         async with client(hosts["device"]) as device:
             created = await device.post(
@@ -97,7 +61,7 @@ async def test_metrics_after_traffic(database_url, prefix, r):
                 "/api/v1/devices/no-such-device", headers={"Authorization": "Bearer x"}
             )
             assert missing.status_code == 401
-        session = _token(typ="device", sub=device_id, ws=ws, cid="cred-1")
+        session = signed(KEY, typ="device", sub=device_id, ws=ws, cid="cred-1")
         async with client(hosts["telemetry"]) as telemetry:
             for seq in (1, 2):
                 beat = await telemetry.post(

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -25,20 +22,16 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs.events.identity import Claims, Signer
 from libs.events.publisher import Publisher
 from libs.events.schemas.auth import WorkspaceCreated
 from libs.events.service import ServiceHost
 from libs.events.tracing import SERVICE_ATTR, recheck
-from services.device.config import Settings as DeviceSettings
 from services.device.main import SPEC as DEVICE
-from services.gateway.config import Settings as GatewaySettings
 from services.gateway.main import SPEC as GATEWAY
-from services.telemetry.config import Settings as TelemetrySettings
 from services.telemetry.main import SPEC as TELEMETRY
 
-from ..conftest import REDIS_URL
-from .helpers import eventually
+from ..conftest import free_port
+from .helpers import eventually, services_running, signed
 
 KEY = "trace-key-" + "t" * 32
 
@@ -56,41 +49,11 @@ def spans() -> InMemorySpanExporter:
     return exporter
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _token(claims: dict[str, object]) -> str:
-    now = time.time()
-    return Signer(KEY).issue(Claims(iat=now, exp=int(now) + 600, jti=uuid.uuid4().hex, **claims))  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def platform(database_url: str, prefix: str) -> AsyncIterator[dict[str, ServiceHost]]:
-    common = {
-        "redis_url": REDIS_URL,
-        "database_url": database_url,
-        "stream_prefix": prefix,
-        "signing_key": KEY,
-    }
-    hosts = {
-        "telemetry": ServiceHost(TELEMETRY, TelemetrySettings(**common)),
-        "device": ServiceHost(DEVICE, DeviceSettings(**common)),
-        "gateway": ServiceHost(GATEWAY, GatewaySettings(**common, portal_flush_s=0.01)),
-    }
-    for h in hosts.values():
-        await h.start()
-    stop = asyncio.Event()
-    worker = asyncio.create_task(hosts["device"].run_worker(stop))
-    try:
-        yield hosts
-    finally:
-        stop.set()
-        await worker
-        for h in hosts.values():
-            await h.stop()
+def platform(
+    database_url: str, prefix: str
+) -> contextlib.AbstractAsyncContextManager[dict[str, ServiceHost]]:
+    specs = {"telemetry": TELEMETRY, "device": DEVICE, "gateway": GATEWAY}
+    return services_running(database_url, prefix, KEY, specs, {"gateway": {"portal_flush_s": 0.01}})
 
 
 async def test_a_heartbeat_is_one_trace_from_telemetry_to_the_portal(database_url, prefix, r, spans):
@@ -98,7 +61,7 @@ async def test_a_heartbeat_is_one_trace_from_telemetry_to_the_portal(database_ur
     await Publisher(r, producer="auth").publish(
         prefix + "events:auth", WorkspaceCreated(workspace_id=ws, name=ws, open_enrolment=False)
     )
-    operator = _token({"typ": "operator", "sub": "op-1", "ws": ws, "roles": {ws: "owner"}})
+    operator = signed(KEY, typ="operator", sub="op-1", ws=ws, roles={ws: "owner"})
     async with platform(database_url, prefix) as hosts:
         device_api = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=hosts["device"].asgi_app(manage_lifespan=False)),
@@ -108,7 +71,7 @@ async def test_a_heartbeat_is_one_trace_from_telemetry_to_the_portal(database_ur
             transport=httpx.ASGITransport(app=hosts["telemetry"].asgi_app(manage_lifespan=False)),
             base_url="http://telemetry",
         )
-        port = _free_port()
+        port = free_port()
         gateway = uvicorn.Server(
             uvicorn.Config(
                 hosts["gateway"].asgi_app(manage_lifespan=False),
@@ -133,7 +96,7 @@ async def test_a_heartbeat_is_one_trace_from_telemetry_to_the_portal(database_ur
             ) as portal:
                 await portal.send(json.dumps({"type": "hello", "token": operator}))
                 assert json.loads(await portal.recv())["type"] == "snapshot"
-                session = _token({"typ": "device", "sub": device_id, "ws": ws, "cid": "cred-1"})
+                session = signed(KEY, typ="device", sub=device_id, ws=ws, cid="cred-1")
                 beat = await telemetry_api.post(
                     "/api/v1/agent/heartbeat",
                     json={"seq": 1, "sent_at": datetime.now(UTC).isoformat(), "metrics": {"cpu": 5}},
