@@ -180,20 +180,25 @@ echo done
 """
 
 
+def allow_listed_script(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """``once.sh`` in an allow-list dir: the file it appends to, the file that releases it, the env."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "once.sh").write_text(SCRIPT)
+    (scripts / "once.sh").chmod(stat.S_IRWXU)
+    return tmp_path / "ran.txt", tmp_path / "go", {"FLEET_AGENT_SCRIPTS_DIR": str(scripts)}
+
+
 @pytest.mark.slow
 def test_a_command_redelivered_after_an_agent_restart_is_not_run_twice(
     platform_for: Callable[[], Platform], agents: Callable[..., Agent], tmp_path: Path
 ) -> None:
     platform = platform_for()
     platform.start()
-    scripts, ran, go = tmp_path / "scripts", tmp_path / "ran.txt", tmp_path / "go"
-    scripts.mkdir()
-    (scripts / "once.sh").write_text(SCRIPT)
-    (scripts / "once.sh").chmod(stat.S_IRWXU)
+    ran, go, env = allow_listed_script(tmp_path)
     op = platform.operator()
     device_id, secret = platform.new_device(op)
     state = tmp_path / "state"
-    env = {"FLEET_AGENT_SCRIPTS_DIR": str(scripts)}
     agent = agents(platform, device_id, secret, state, **env)
     poll("online", lambda: device(op, device_id)["status"] == "online")
     made = op.post(
@@ -241,13 +246,10 @@ def test_a_command_cut_short_by_sigterm_is_reported_interrupted_and_not_run_agai
 ) -> None:
     platform = platform_for()
     platform.start()
-    scripts, ran, go = tmp_path / "scripts", tmp_path / "ran.txt", tmp_path / "go"
-    scripts.mkdir()
-    (scripts / "once.sh").write_text(SCRIPT)
-    (scripts / "once.sh").chmod(stat.S_IRWXU)
+    ran, go, env = allow_listed_script(tmp_path)
     op = platform.operator()
     device_id, secret = platform.new_device(op)
-    state, env = tmp_path / "state", {"FLEET_AGENT_SCRIPTS_DIR": str(scripts)}
+    state = tmp_path / "state"
     agent = agents(platform, device_id, secret, state, **env)
     poll("online", lambda: device(op, device_id)["status"] == "online")
     made = op.post(
